@@ -1,0 +1,1 @@
+"""Benchmarks (``poet.benchmarks``): latency beside OKS AP for every backend and precision."""

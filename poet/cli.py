@@ -1,0 +1,115 @@
+"""Command-line tools of the model library: ``poet-eval`` and ``poet-predict``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from poet.errors import DatasetError, PoetError
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """Turn user errors into one ``error:`` line and exit code 2, Ctrl-C into exit code 130."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+        try:
+            return main(argv)
+        except PoetError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+def coco_paths(data: Path | None, split: str, annotations: Path | None, images: Path | None) -> tuple[Path, Path]:
+    """Annotation file and image folder from a COCO-layout root (``annotations/``, ``<split>/``) or explicit paths."""
+    if annotations is None or images is None:
+        if data is None:
+            raise DatasetError("give --data COCO_ROOT, or both --annotations FILE and --images DIR")
+        annotations = annotations or data / "annotations" / f"person_keypoints_{split}.json"
+        images = images or data / split
+    if not images.is_dir():
+        raise DatasetError(f"image folder {images} not found")
+    return annotations, images
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="letterbox size (default: from the checkpoint)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+
+
+@run_cli
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="poet-eval", description="Run a POET checkpoint over a COCO-layout dataset and print OKS AP/AR."
+    )
+    parser.add_argument("checkpoint", type=Path, help="poet-edge or authors' POET checkpoint (.pth)")
+    parser.add_argument("--data", type=Path, help="COCO root holding annotations/ and the split's image folder")
+    parser.add_argument("--split", default="val2017", help="split name under --data (default: val2017)")
+    parser.add_argument("--annotations", type=Path, help="person_keypoints JSON (overrides --data)")
+    parser.add_argument("--images", type=Path, help="image folder (overrides --data)")
+    parser.add_argument("--results", type=Path, help="also write the COCO results JSON here")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images (quick checks)")
+    _add_model_options(parser)
+    args = parser.parse_args(argv)
+
+    from poet.runner import evaluate_checkpoint
+
+    annotations, images = coco_paths(args.data, args.split, args.annotations, args.images)
+    input_size = tuple(args.input_size) if args.input_size else None
+    stats = evaluate_checkpoint(
+        args.checkpoint,
+        annotations,
+        images,
+        device=args.device,
+        input_size=input_size,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        results_path=args.results,
+    )
+    from poet.evaluation import format_table
+
+    print(format_table(stats, f"OKS keypoint evaluation of {args.checkpoint} on {annotations}"))
+    return 0
+
+
+@run_cli
+def predict_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="poet-predict", description="Draw the poses a POET checkpoint finds in images (PyTorch)."
+    )
+    parser.add_argument("images", type=Path, nargs="+", help="image files or folders")
+    parser.add_argument("--model", type=Path, required=True, help="POET checkpoint (.pth)")
+    parser.add_argument("-o", "--output", type=Path, default=Path("poses"), help="output folder (default: poses/)")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum person score (default: 0.5)")
+    parser.add_argument("--max-people", type=int, help="keep at most this many people per image")
+    _add_model_options(parser)
+    args = parser.parse_args(argv)
+
+    from poet.runner import predict_files
+
+    input_size = tuple(args.input_size) if args.input_size else None
+    written = predict_files(
+        args.model,
+        args.images,
+        args.output,
+        device=args.device,
+        input_size=input_size,
+        score_threshold=args.score_threshold,
+        max_people=args.max_people,
+        batch_size=args.batch_size,
+    )
+    print(f"wrote {len(written)} annotated images and poses.json to {args.output}")
+    return 0

@@ -1,0 +1,1 @@
+"""Datasets for POET: COCO-format loading and the synthetic-people generator."""

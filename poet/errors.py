@@ -1,0 +1,19 @@
+"""Errors that reach users: each names the file and what was expected, so the CLIs can print it as one line."""
+
+from __future__ import annotations
+
+
+class PoetError(Exception):
+    """Base class for bad input the user can fix (command-line tools print it without a traceback)."""
+
+
+class CheckpointError(PoetError):
+    """A checkpoint that is missing, unreadable, or not a POET checkpoint."""
+
+
+class ImageError(PoetError):
+    """An image that is missing, unreadable, or of a layout POET cannot take."""
+
+
+class DatasetError(PoetError):
+    """A COCO annotation file or image folder that lacks what POET needs."""

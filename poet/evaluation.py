@@ -1,0 +1,100 @@
+"""COCO keypoint evaluation: results JSON from poses, and OKS AP/AR through pycocotools.
+
+torch-free, so the runtime and benchmark stages score their poses with exactly the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from poet.errors import DatasetError
+from poet.processing import Pose
+
+STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+_REQUIRED_ANNOTATION_FIELDS = ("image_id", "category_id", "keypoints", "bbox")
+_REQUIRED_IMAGE_FIELDS = ("id", "file_name", "width", "height")
+
+
+def _check_items(items: Any, key: str, fields: Sequence[str], path: Path) -> None:
+    if not isinstance(items, list):
+        raise DatasetError(f"{path}: '{key}' must be a list, got {type(items).__name__}")
+    for index, item in enumerate(items):
+        missing = [name for name in fields if name not in item]
+        if missing:
+            raise DatasetError(f"{path}: {key}[{index}] lacks {', '.join(repr(m) for m in missing)}")
+        if key == "annotations" and len(item["keypoints"]) != 51:
+            raise DatasetError(f"{path}: {key}[{index}] has {len(item['keypoints'])} keypoint values, expected 51")
+
+
+def load_coco_keypoints(path: str | Path) -> COCO:
+    """Load and check a COCO person-keypoints annotation file.
+
+    Missing ``num_keypoints``, ``area`` and ``iscrowd`` are derived (from keypoints and bbox) since
+    pycocotools needs them; anything it cannot derive is reported with the file and the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"annotation file {path} not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a COCO annotation object, got a JSON {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DatasetError(f"{path} has no '{key}' list: expected a COCO person-keypoints annotation file")
+    _check_items(data["images"], "images", _REQUIRED_IMAGE_FIELDS, path)
+    _check_items(data["annotations"], "annotations", _REQUIRED_ANNOTATION_FIELDS, path)
+    for annotation in data["annotations"]:
+        visibility = annotation["keypoints"][2::3]
+        annotation.setdefault("num_keypoints", int(sum(v > 0 for v in visibility)))
+        annotation.setdefault("area", float(annotation["bbox"][2] * annotation["bbox"][3]))
+        annotation.setdefault("iscrowd", 0)
+    for index, annotation in enumerate(data["annotations"]):
+        annotation.setdefault("id", index + 1)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def coco_results(poses_per_image: Iterable[tuple[int, Sequence[Pose]]]) -> list[dict[str, Any]]:
+    """COCO keypoint results JSON entries for ``(image_id, poses)`` pairs."""
+    return [pose.to_coco(image_id) for image_id, poses in poses_per_image for pose in poses]
+
+
+def evaluate_keypoints(
+    coco_gt: COCO, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None
+) -> dict[str, float]:
+    """The ten standard COCO keypoint numbers (OKS AP/AR, maxDets 20) for ``results`` on ``coco_gt``."""
+    image_ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted(image_ids)
+    if not results:
+        return dict.fromkeys(STAT_NAMES, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    # pycocotools reports -1 where a category/area range has no ground truth; keep that meaning.
+    return {name: float(value) for name, value in zip(STAT_NAMES, np.asarray(evaluator.stats), strict=True)}
+
+
+def format_table(stats: dict[str, float], title: str = "OKS keypoint evaluation") -> str:
+    """A two-row Markdown table of the ten numbers."""
+    header = "| " + " | ".join(STAT_NAMES) + " |"
+    rule = "|" + "|".join("---:" for _ in STAT_NAMES) + "|"
+    values = "| " + " | ".join(f"{stats[name]:.3f}" for name in STAT_NAMES) + " |"
+    return f"{title}\n\n{header}\n{rule}\n{values}"

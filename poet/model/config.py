@@ -1,0 +1,61 @@
+"""POET's architecture settings, saved with every checkpoint so a model rebuilds from the file alone."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+@dataclass(frozen=True)
+class PoetConfig:
+    """Defaults are the authors' ``main.py`` defaults (facts file section 7); the released POET-R50 uses 25 queries."""
+
+    backbone: str = "resnet50"
+    dilation4: bool = False
+    dilation5: bool = False
+    train_backbone: bool = True
+    position_embedding: str = "sine"
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    pre_norm: bool = False
+    num_queries: int = 50
+    aux_loss: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backbone not in RESNET_NAMES:
+            raise ValueError(f"backbone must be one of {', '.join(RESNET_NAMES)}, got {self.backbone!r}")
+        if self.position_embedding not in ("sine", "learned"):
+            raise ValueError(f"position_embedding must be 'sine' or 'learned', got {self.position_embedding!r}")
+        if self.hidden_dim % self.nheads or self.hidden_dim % 2:
+            raise ValueError(f"hidden_dim {self.hidden_dim} must be even and divisible by nheads {self.nheads}")
+        if min(self.enc_layers, self.dec_layers, self.num_queries, self.dim_feedforward) < 1:
+            raise ValueError("enc_layers, dec_layers, num_queries and dim_feedforward must be positive")
+        if (self.dilation4 or self.dilation5) and self.backbone in ("resnet18", "resnet34"):
+            raise ValueError(f"{self.backbone} has basic blocks, which cannot be dilated")
+
+    @property
+    def backbone_channels(self) -> int:
+        return 512 if self.backbone in ("resnet18", "resnet34") else 2048
+
+    @property
+    def output_stride(self) -> int:
+        return 32 // (2 ** (int(self.dilation5) + int(self.dilation4)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PoetConfig:
+        """Build from a dict, ignoring keys this version does not know (e.g. the authors' training options)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def replace(self, **changes: Any) -> PoetConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,83 @@
+"""POET: ResNet features -> 1x1 projection -> transformer -> class and keypoint heads on every decoder layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poet.model.backbone import ResNetBody
+from poet.model.config import PoetConfig
+from poet.model.position_encoding import build_position_encoding
+from poet.model.transformer import Transformer
+from poet.processing import KEYPOINT_OUTPUTS, PreprocessConfig
+
+NUM_CLASSES = 2  # person without keypoints (0), person (1); the head adds no-object (2).
+
+
+class KeypointHead(nn.Module):
+    """Three-layer MLP (ReLU between layers) from a query state to the 53 keypoint values."""
+
+    def __init__(self, width: int, outputs: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList((nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, outputs)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else torch.relu(layer(x))
+        return x
+
+
+class BackboneWithPosition(nn.ModuleList):
+    """Slot 0 is the ResNet body, slot 1 the position encoding: the authors' ``backbone.0`` / ``backbone.1`` keys."""
+
+    def __init__(self, config: PoetConfig) -> None:
+        super().__init__((ResNetBody(config), build_position_encoding(config.position_embedding, config.hidden_dim)))
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self[0](images)
+        feature_mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]
+        return features, feature_mask, self[1](feature_mask).to(features.dtype)
+
+
+class POET(nn.Module):
+    """The pose estimation transformer. ``forward(images, mask=None)`` -> ``pred_logits``, ``pred_kpts``.
+
+    ``images`` is ``[B,3,H,W]`` already normalised; ``mask`` ``[B,H,W]`` is True on padding (None:
+    no padding). ``pred_kpts`` is already passed through a sigmoid. With ``aux_loss`` the dict also
+    holds ``aux_outputs`` for decoder layers 1..L-1, as the authors' model does in eval mode too.
+    ``config`` and ``preprocess`` travel with the model so checkpoints and exporters can read them.
+    """
+
+    def __init__(self, config: PoetConfig, preprocess: PreprocessConfig | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.preprocess = preprocess or PreprocessConfig()
+        self.transformer = Transformer(config)
+        self.class_embed = nn.Linear(config.hidden_dim, NUM_CLASSES + 1)
+        self.kpt_embed = KeypointHead(config.hidden_dim, KEYPOINT_OUTPUTS)
+        self.query_embed = nn.Embedding(config.num_queries, config.hidden_dim)
+        self.input_proj = nn.Conv2d(config.backbone_channels, config.hidden_dim, kernel_size=1)
+        self.backbone = BackboneWithPosition(config)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, object]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"POET expects images of shape [B,3,H,W], got {list(images.shape)}")
+        if mask is None:
+            mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool, device=images.device)
+        features, feature_mask, pos = self.backbone(images, mask)
+        states = self.transformer(self.input_proj(features), feature_mask, self.query_embed.weight, pos)
+        logits = self.class_embed(states)
+        keypoints = self.kpt_embed(states).sigmoid()
+        outputs: dict[str, object] = {"pred_logits": logits[-1], "pred_kpts": keypoints[-1]}
+        if self.config.aux_loss:
+            outputs["aux_outputs"] = [
+                {"pred_logits": layer_logits, "pred_kpts": layer_kpts}
+                for layer_logits, layer_kpts in zip(logits[:-1], keypoints[:-1], strict=True)
+            ]
+        return outputs
+
+
+def build_model(config: PoetConfig | None = None, preprocess: PreprocessConfig | None = None) -> POET:
+    """A freshly initialised POET (random weights; see ``load_backbone_weights`` for ImageNet ResNets)."""
+    return POET(config or PoetConfig(), preprocess)

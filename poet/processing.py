@@ -1,0 +1,216 @@
+"""The one definition of how images go into POET and how its raw outputs become poses.
+
+Training, evaluation, export and the torch-free runtime all call these functions, so a pose can
+never drift between stages because one of them resized, padded or decoded differently. Only numpy
+and OpenCV are used here.
+
+Layout of POET's 53 keypoint outputs per query (all after sigmoid, facts file section 1):
+index 0, 1 are the person centre (cx, cy) as fractions of the image; for keypoint k,
+``2 + 3k`` and ``3 + 3k`` are its offsets from the centre encoded as ``0.5 + d / (2 * size)``,
+and ``4 + 3k`` is its visibility score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from poet.skeleton import NUM_KEYPOINTS
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+KEYPOINT_OUTPUTS = 2 + 3 * NUM_KEYPOINTS
+NO_OBJECT_CLASS = 2
+PERSON_CLASS = 1
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes the model's input: letterboxed into ``input_size`` (height, width), RGB."""
+
+    input_size: tuple[int, int] = (512, 512)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 2 or min(self.input_size) < 32:
+            raise ValueError(f"input_size must be (height, width) of at least 32 pixels, got {self.input_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need three values with std > 0, got {self.mean}, {self.std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        height, width = (int(v) for v in data["input_size"])
+        mean = tuple(float(v) for v in data.get("mean", IMAGENET_MEAN))
+        std = tuple(float(v) for v in data.get("std", IMAGENET_STD))
+        return cls(input_size=(height, width), mean=mean, std=std)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an original image sits in the model input: scaled by ``scale``, top-left aligned."""
+
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+
+    @property
+    def scale(self) -> float:
+        return self.resized_size[0] / self.original_size[0]
+
+
+def fit_size(original_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int]:
+    """Largest (height, width) with the original aspect ratio that fits inside ``input_size``."""
+    height, width = original_size
+    scale = min(input_size[0] / height, input_size[1] / width)
+    return (
+        min(input_size[0], max(1, round(height * scale))),
+        min(input_size[1], max(1, round(width * scale))),
+    )
+
+
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float], bgr: bool = True) -> np.ndarray:
+    """uint8 HxWx3 image -> float32 3xHxW RGB tensor, ``(pixel / 255 - mean) / std`` per channel."""
+    if bgr:
+        image = image[..., ::-1]
+    gain = 1.0 / (255.0 * np.asarray(std, dtype=np.float32))
+    offset = -np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
+    out = image.astype(np.float32) * gain + offset
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def pad_batch(tensors: Sequence[np.ndarray], size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad 3xhxw tensors bottom/right to ``size`` (default: the largest); mask is True on padding."""
+    if size is None:
+        size = (max(t.shape[1] for t in tensors), max(t.shape[2] for t in tensors))
+    batch = np.zeros((len(tensors), 3, *size), dtype=np.float32)
+    mask = np.ones((len(tensors), *size), dtype=bool)
+    for i, tensor in enumerate(tensors):
+        _, height, width = tensor.shape
+        batch[i, :, :height, :width] = tensor
+        mask[i, :height, :width] = False
+    return batch, mask
+
+
+def preprocess(
+    images: Sequence[np.ndarray], config: PreprocessConfig, bgr: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[Letterbox]]:
+    """Letterbox uint8 HxWx3 images into one ``[B,3,H,W]`` float32 batch plus its padding mask.
+
+    The model's keypoints then refer to the unpadded region (the mask tells it where that is), so
+    decoding needs only each image's original size: see :func:`decode_poses`.
+    """
+    tensors = []
+    boxes = []
+    for image in images:
+        original = (int(image.shape[0]), int(image.shape[1]))
+        resized_size = fit_size(original, config.input_size)
+        resized = image
+        if resized_size != original:
+            resized = cv2.resize(image, (resized_size[1], resized_size[0]), interpolation=cv2.INTER_LINEAR)
+        tensors.append(normalize(resized, config.mean, config.std, bgr=bgr))
+        boxes.append(Letterbox(original_size=original, resized_size=resized_size))
+    batch, mask = pad_batch(tensors, config.input_size)
+    return batch, mask, boxes
+
+
+@dataclass
+class Pose:
+    """One person: ``keypoints`` (17, 3) as x, y in original-image pixels and a per-keypoint score."""
+
+    keypoints: np.ndarray
+    score: float
+    box: np.ndarray = field(default_factory=lambda: np.zeros(4))
+
+    def to_coco(self, image_id: int) -> dict[str, Any]:
+        """A COCO keypoint result entry (category 1, person)."""
+        return {
+            "image_id": int(image_id),
+            "category_id": PERSON_CLASS,
+            "keypoints": [round(float(v), 3) for v in self.keypoints.reshape(-1)],
+            "score": float(self.score),
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def person_scores(pred_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Score and label per query as the authors define them: max over classes 0 and 1 of the softmax.
+
+    Label 0 means "person without annotated keypoints"; COCO evaluation ignores those, so the
+    decoder below keeps only label-1 queries, which leaves OKS AP identical to the authors' path.
+    """
+    probs = softmax(pred_logits.astype(np.float64))[..., :NO_OBJECT_CLASS]
+    return probs.max(axis=-1), probs.argmax(axis=-1)
+
+
+def decode_keypoints(pred_kpts: np.ndarray) -> np.ndarray:
+    """``(..., 53)`` raw outputs -> ``(..., 17, 3)``: x, y as fractions of the image, visibility score."""
+    kpts = pred_kpts.astype(np.float64)
+    centre = kpts[..., 0:2]
+    triplets = kpts[..., 2:].reshape(*kpts.shape[:-1], NUM_KEYPOINTS, 3)
+    out = np.empty_like(triplets)
+    out[..., :2] = centre[..., None, :] + 2.0 * (triplets[..., :2] - 0.5)
+    out[..., 2] = triplets[..., 2]
+    return out
+
+
+def encode_keypoints(keypoints: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`decode_keypoints` for one pose given in pixels: ``(17, 3)`` -> ``(53,)``.
+
+    The centre is the centre of mass of keypoints whose third value is positive (as in training
+    targets); with none, it is (0, 0).
+    """
+    height, width = image_size
+    xy = keypoints[:, :2].astype(np.float64) / np.array([width, height], dtype=np.float64)
+    visible = keypoints[:, 2] > 0
+    centre = xy[visible].mean(axis=0) if visible.any() else np.zeros(2)
+    out = np.empty(KEYPOINT_OUTPUTS, dtype=np.float64)
+    out[0:2] = centre
+    triplets = out[2:].reshape(NUM_KEYPOINTS, 3)
+    triplets[:, :2] = 0.5 + (xy - centre) / 2.0
+    triplets[:, 2] = keypoints[:, 2]
+    return out
+
+
+def keypoint_box(keypoints: np.ndarray, min_score: float = 0.5) -> np.ndarray:
+    """x0, y0, x1, y1 around the keypoints scored at least ``min_score`` (all of them if none is)."""
+    chosen = keypoints[keypoints[:, 2] >= min_score]
+    if len(chosen) == 0:
+        chosen = keypoints
+    return np.array([*chosen[:, :2].min(axis=0), *chosen[:, :2].max(axis=0)], dtype=np.float64)
+
+
+def decode_poses(
+    pred_logits: np.ndarray,
+    pred_kpts: np.ndarray,
+    image_size: tuple[int, int],
+    score_threshold: float = 0.0,
+    max_people: int | None = None,
+) -> list[Pose]:
+    """One image's raw outputs (``[Q,3]`` logits, ``[Q,53]`` keypoints) -> poses in its pixels.
+
+    ``image_size`` is the (height, width) the fractions refer to: the original image when the model
+    was given the padding mask (our predictor, export and runtime all do). Poses come sorted by score.
+    """
+    scores, labels = person_scores(pred_logits)
+    keep = np.flatnonzero((labels == PERSON_CLASS) & (scores >= score_threshold))
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    if max_people is not None:
+        keep = keep[:max_people]
+    keypoints = decode_keypoints(pred_kpts[keep])
+    keypoints[..., 0] *= image_size[1]
+    keypoints[..., 1] *= image_size[0]
+    return [
+        Pose(keypoints=kp, score=float(scores[q]), box=keypoint_box(kp)) for q, kp in zip(keep, keypoints, strict=True)
+    ]

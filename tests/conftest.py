@@ -1,0 +1,57 @@
+"""Shared fixtures: the real coco-mini photographs and small real POET models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("POET_SHARED", REPO.parent / "shared"))
+
+
+def _shared(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.exists():
+        pytest.fail(
+            f"{path} is missing: the tests need the project's shared/ folder beside the checkout (or POET_SHARED)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    """Root of the real COCO 2017 person-keypoints subset (80 train, 79 val images)."""
+    return _shared("data/coco-mini")
+
+
+@pytest.fixture(scope="session")
+def state_dict_listing() -> Path:
+    """The authors' POET-R50 state-dict key/shape listing."""
+    return _shared("reference/poet-r50-state-dict.txt")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from poet.model import PoetConfig
+
+    return PoetConfig(
+        backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=6
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_config) -> Path:
+    """A small random-weight POET saved in our format, letterboxing to 128x128."""
+    import torch
+
+    from poet.checkpoint import save_checkpoint
+    from poet.model import build_model
+    from poet.processing import PreprocessConfig
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config, PreprocessConfig(input_size=(128, 128)))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    save_checkpoint(path, model)
+    return path
