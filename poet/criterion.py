@@ -42,8 +42,6 @@ from poet.matcher import (
     target_masks,
 )
 
-LOSS_NAMES = ("loss_ce", "loss_kpts", "loss_ctrs", "loss_deltas", "loss_kpts_class")
-
 
 class _MatchedPairs(NamedTuple):
     """Matched (image, query) positions with their targets' labels and keypoint rows, over the whole batch."""
@@ -55,15 +53,15 @@ class _MatchedPairs(NamedTuple):
 
     @classmethod
     def gather(cls, indices: MatchIndices, targets: Targets, device: torch.device) -> _MatchedPairs:
+        """Flatten the matcher's per-image indices, moving everything to ``device``."""
         image_idx, query_idx, labels, keypoints = [], [], [], []
         for image, ((queries, people), target) in enumerate(zip(indices, targets, strict=True)):
-            people = people.to(device)
             image_idx.append(torch.full_like(queries, image))
             query_idx.append(queries)
             labels.append(target["labels"].reshape(-1)[people])
             keypoints.append(target_keypoints(target)[people])
-        positions = (torch.cat(image_idx).to(device), torch.cat(query_idx).to(device))
-        return cls(*positions, torch.cat(labels), torch.cat(keypoints))
+        tensors = (torch.cat(image_idx), torch.cat(query_idx), torch.cat(labels), torch.cat(keypoints))
+        return cls(*(tensor.to(device) for tensor in tensors))
 
 
 class SetCriterion(nn.Module):
@@ -133,8 +131,10 @@ class SetCriterion(nn.Module):
         positions = (matched.image_idx, matched.query_idx)
         target_classes = torch.full_like(logits[..., 0], NO_OBJECT_CLASS, dtype=torch.int64)
         target_classes[positions] = matched.labels
-        class_weights = self.empty_weight.to(logits.dtype)
-        losses = {f"loss_ce{suffix}": F.cross_entropy(logits.transpose(1, 2), target_classes, class_weights)}
+        # In float32 like autocast would, so the eos weight 0.1 is not rounded to a half-precision value.
+        class_logits = logits.transpose(1, 2).float()
+        class_weights = self.empty_weight.to(logits.device)
+        losses = {f"loss_ce{suffix}": F.cross_entropy(class_logits, target_classes, class_weights)}
         if not suffix:
             losses["class_error"] = self._class_error(logits[positions], matched.labels)
 

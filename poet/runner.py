@@ -14,7 +14,47 @@ from poet.errors import DatasetError
 from poet.evaluation import coco_results, evaluate_keypoints, load_coco_keypoints
 from poet.fileio import write_json
 from poet.images import list_images, read_image
+from poet.model.poet import POET
 from poet.predictor import Predictor
+
+
+def evaluate_model(
+    model: POET,
+    annotations: str | Path,
+    images_dir: str | Path,
+    batch_size: int = 4,
+    limit: int | None = None,
+    results_path: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """OKS AP/AR of a model on every image listed in a COCO annotation file.
+
+    All queries labelled "person" are submitted (no threshold), as the authors evaluate; COCOeval
+    keeps the 20 best per image. Images go through the shared letterbox, as in export and runtime.
+    """
+    coco = load_coco_keypoints(annotations)
+    entries = sorted(coco.dataset["images"], key=lambda item: item["id"])[:limit]
+    paths = [Path(images_dir) / entry["file_name"] for entry in entries]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} images listed in {annotations} are not in {images_dir} (first: {missing[0]})"
+        )
+    device = next(model.parameters()).device
+    was_training = model.training
+    predictor = Predictor(model, device, score_threshold=0.0, batch_size=batch_size)
+    per_image: list[tuple[int, Any]] = []
+    with tqdm(total=len(paths), desc="evaluating", unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            poses = predictor.predict_arrays([read_image(p) for p in chunk])
+            per_image.extend(zip((e["id"] for e in entries[start : start + batch_size]), poses, strict=True))
+            bar.update(len(chunk))
+    model.train(was_training)
+    results = coco_results(per_image)
+    if results_path is not None:
+        write_json(results_path, results)
+    return evaluate_keypoints(coco, results, [entry["id"] for entry in entries])
 
 
 def evaluate_checkpoint(
@@ -27,33 +67,9 @@ def evaluate_checkpoint(
     limit: int | None = None,
     results_path: str | Path | None = None,
 ) -> dict[str, float]:
-    """OKS AP/AR of a checkpoint on every image listed in a COCO annotation file.
-
-    All queries labelled "person" are submitted (no threshold), as the authors evaluate; COCOeval
-    keeps the 20 best per image.
-    """
-    coco = load_coco_keypoints(annotations)
-    entries = sorted(coco.dataset["images"], key=lambda item: item["id"])[:limit]
-    paths = [Path(images_dir) / entry["file_name"] for entry in entries]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} images listed in {annotations} are not in {images_dir} (first: {missing[0]})"
-        )
-    predictor = Predictor(
-        load_model(checkpoint, device, input_size), device, score_threshold=0.0, batch_size=batch_size
-    )
-    per_image: list[tuple[int, Any]] = []
-    with tqdm(total=len(paths), desc="evaluating", unit="img") as progress:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            poses = predictor.predict_arrays([read_image(p) for p in chunk])
-            per_image.extend(zip((e["id"] for e in entries[start : start + batch_size]), poses, strict=True))
-            progress.update(len(chunk))
-    results = coco_results(per_image)
-    if results_path is not None:
-        write_json(results_path, results)
-    return evaluate_keypoints(coco, results, [entry["id"] for entry in entries])
+    """:func:`evaluate_model` on a checkpoint file (ours or the authors')."""
+    model = load_model(checkpoint, device, input_size)
+    return evaluate_model(model, annotations, images_dir, batch_size, limit, results_path)
 
 
 def _expand(sources: Sequence[Path]) -> list[Path]:

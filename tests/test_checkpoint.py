@@ -155,15 +155,15 @@ def test_backbone_weights_from_a_local_file_only(tmp_path, tiny_config):
 
     model = build_model(tiny_config)
     with pytest.raises(CheckpointError, match="never downloads"):
-        load_backbone_weights(model.backbone[0], tmp_path / "resnet18.pth")
+        load_backbone_weights(model.backbone.body, tmp_path / "resnet18.pth")
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
-    load_backbone_weights(model.backbone[0], tmp_path / "resnet18.pth")
-    assert torch.equal(model.backbone[0].body.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
-    assert torch.equal(model.backbone[0].body.bn1.running_var, reference.bn1.running_var)
+    load_backbone_weights(model.backbone.body, tmp_path / "resnet18.pth")
+    assert torch.equal(model.backbone.body.body.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    assert torch.equal(model.backbone.body.body.bn1.running_var, reference.bn1.running_var)
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "resnet34.pth")
     with pytest.raises(CheckpointError, match="resnet34.pth does not fit"):
-        load_backbone_weights(model.backbone[0], tmp_path / "resnet34.pth")
+        load_backbone_weights(model.backbone.body, tmp_path / "resnet34.pth")
 
 
 def test_config_rejects_impossible_architectures():

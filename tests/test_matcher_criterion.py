@@ -17,6 +17,8 @@ from poet.matcher import (
     TARGET_DIM,
     HungarianMatcher,
     MatchIndices,
+    ModelOutputs,
+    Targets,
     split_predicted_keypoints,
     split_target_keypoints,
 )
@@ -144,7 +146,7 @@ class FixedMatcher(HungarianMatcher):
         super().__init__()
         self.indices = indices
 
-    def forward(self, outputs: object, targets: object) -> list[tuple[Tensor, Tensor]]:
+    def forward(self, outputs: ModelOutputs, targets: Targets) -> MatchIndices:
         return self.indices
 
 
@@ -224,17 +226,15 @@ def test_layout_helpers_pair_prediction_and_target_fields() -> None:
 
 
 def test_matcher_recovers_permutation_and_position_losses_vanish(generator: torch.Generator) -> None:
-    queries = 7
-    targets, logits, kpts, expected = (
-        [],
-        torch.zeros(2, queries, 3),
-        torch.full((2, queries, PRED_DIM), 0.95),
-        [],
-    )
+    """Exact copies of the targets sit at shuffled query slots; the other queries predict no-object."""
+    logits = torch.zeros(2, 7, 3)
     logits[..., 2] = 4.0
+    kpts = torch.full((2, 7, PRED_DIM), 0.95)
+    targets: list[dict[str, Tensor]] = []
+    expected: list[tuple[list[int], list[int]]] = []
     for image, slots in enumerate(([5, 0, 3, 6], [2, 4, 1])):
-        people = [person((0.2 + 0.15 * i, 0.7 - 0.1 * i), generator, (i, 9)) for i in range(len(slots))]
-        rows = torch.stack(people)
+        centres = [(0.2 + 0.15 * i, 0.7 - 0.1 * i) for i in range(len(slots))]
+        rows = torch.stack([person(centre, generator, (i, 9)) for i, centre in enumerate(centres)])
         targets.append({"labels": torch.ones(len(slots), dtype=torch.int64), "keypoints": rows})
         for j, q in enumerate(slots):
             kpts[image, q] = as_prediction(rows[j])

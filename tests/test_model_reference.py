@@ -235,8 +235,9 @@ def randomised_model(config: PoetConfig, seed: int) -> nn.Module:
     start at zero, which would hide a wrong BN formula or a mis-split packed bias. BN weights are
     kept below 1 so even ResNet-50 features stay O(1), the same scale as the position encoding.
     """
-    torch.manual_seed(seed)
-    model = build_model(config).eval()
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching other tests' RNG
+        torch.manual_seed(seed)
+        model = build_model(config).eval()
     generator = torch.Generator().manual_seed(seed)
 
     def uniform(like: Tensor, low: float, high: float) -> Tensor:

@@ -64,7 +64,6 @@ SKIN_TONES_BGR = (
 # Fixed-point precision for OpenCV drawing, so figures are placed to 1/16 pixel.
 _SHIFT = 4
 _SUBPIXEL = 1 << _SHIFT
-_KEYPOINT_INDEX = {name: index for index, name in enumerate(KEYPOINT_NAMES)}
 
 Color = tuple[int, ...]
 Pair = tuple[float, float]
@@ -308,8 +307,8 @@ def _dress(
     head_radius: float,
 ) -> list[_Shape]:
     """Shapes in painting order: legs, torso, neck, head with face, then arms on top."""
-    arm_thickness = rng.uniform(0.04, 0.065) * person_height
-    leg_thickness = rng.uniform(0.055, 0.085) * person_height
+    arm_thickness = rng.uniform(0.05, 0.075) * person_height
+    leg_thickness = rng.uniform(0.065, 0.095) * person_height
     side_hues = {"left": rng.uniform(*LEFT_HUE_RANGE), "right": rng.uniform(*RIGHT_HUE_RANGE)}
     skin = _scaled(SKIN_TONES_BGR[rng.integers(len(SKIN_TONES_BGR))], rng.uniform(0.9, 1.1))
     shirt = _hsv_to_bgr(rng.uniform(0, 180), rng.uniform(30, 255), rng.uniform(60, 240))

@@ -34,8 +34,14 @@ class BackboneWithPosition(nn.ModuleList):
     def __init__(self, config: PoetConfig) -> None:
         super().__init__((ResNetBody(config), build_position_encoding(config.position_embedding, config.hidden_dim)))
 
+    @property
+    def body(self) -> ResNetBody:
+        body = self[0]
+        assert isinstance(body, ResNetBody)
+        return body
+
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self[0](images)
+        features = self.body(images)
         feature_mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]
         return features, feature_mask, self[1](feature_mask).to(features.dtype)
 

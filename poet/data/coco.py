@@ -1,0 +1,153 @@
+"""COCO person-keypoints dataset for training, reading COCO's own layout (annotation JSON + image folder).
+
+Images kept are those with at least one annotation (the authors' rule). Bad entries never stop an
+epoch: images whose annotations are all crowd (quirk #12, which crashes the authors' code), files
+that are missing or unreadable are skipped, counted, and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from poet.data.targets import encode_targets, people_from_coco
+from poet.data.transforms import resize
+from poet.errors import DatasetError, ImageError
+from poet.evaluation import load_coco_keypoints
+from poet.images import read_image
+from poet.processing import PreprocessConfig, fit_size, normalize, pad_batch
+
+logger = logging.getLogger("poet")
+Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Sample:
+    image: torch.Tensor
+    target: dict[str, torch.Tensor]
+
+
+@dataclass
+class Batch:
+    """Padded images, padding mask, per-image targets, and how many images of this batch were skipped."""
+
+    images: torch.Tensor
+    mask: torch.Tensor
+    targets: list[dict[str, torch.Tensor]]
+    skipped: int = 0
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.images.to(device, non_blocking=True),
+            self.mask.to(device, non_blocking=True),
+            [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in self.targets],
+            self.skipped,
+        )
+
+
+@dataclass
+class SkipReport:
+    """Images left out when the dataset was indexed, by reason."""
+
+    reasons: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def add(self, reason: str, example: str) -> None:
+        self.reasons[reason] += 1
+        self.examples.setdefault(reason, example)
+
+    def __str__(self) -> str:
+        return ", ".join(f"{n} {r} (e.g. {self.examples[r]})" for r, n in self.reasons.items()) or "none"
+
+
+class CocoKeypoints(Dataset[Sample | None]):
+    """People of a COCO-layout split as POET training samples.
+
+    ``transform`` augments (image, people-in-pixels) with a per-sample generator seeded from
+    (seed, epoch, index), so augmentation is reproducible whatever the worker count; call
+    :meth:`set_epoch` each epoch. Without a transform, images are letterboxed as at evaluation.
+    """
+
+    def __init__(
+        self,
+        annotations: str | Path,
+        images_dir: str | Path,
+        preprocess: PreprocessConfig,
+        transform: Transform | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.annotation_file = Path(annotations)
+        self.images_dir = Path(images_dir)
+        if not self.images_dir.is_dir():
+            raise DatasetError(f"image folder {self.images_dir} not found")
+        coco = load_coco_keypoints(self.annotation_file)
+        self.preprocess = preprocess
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.skipped = SkipReport()
+        self.entries: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        for image_id in sorted(coco.getImgIds()):
+            info = coco.imgs[image_id]
+            annotations_of_image = coco.imgToAnns.get(image_id, [])
+            if not annotations_of_image:
+                self.skipped.add("without people", info["file_name"])
+            elif all(a.get("iscrowd", 0) for a in annotations_of_image):
+                self.skipped.add("with crowd annotations only", info["file_name"])
+            elif not (self.images_dir / info["file_name"]).is_file():
+                self.skipped.add("missing image files", info["file_name"])
+            else:
+                self.entries.append((info, annotations_of_image))
+        if self.skipped.reasons:
+            logger.info("%s: skipped %s", self.annotation_file, self.skipped)
+        if not self.entries:
+            raise DatasetError(f"{self.annotation_file} lists no usable image with people in {self.images_dir}")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> Sample | None:
+        info, annotations = self.entries[index]
+        path = self.images_dir / info["file_name"]
+        try:
+            image = read_image(path)
+        except ImageError as error:
+            logger.warning("skipping %s", error)
+            return None
+        people = people_from_coco(annotations)
+        original_size = image.shape[:2]
+        if self.transform is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            image, people = self.transform(image, people, rng)
+        else:
+            image, people = resize(image, people, fit_size(original_size, self.preprocess.input_size))
+        labels, keypoints = encode_targets(people, image.shape[:2])
+        target = {
+            "labels": torch.from_numpy(labels),
+            "keypoints": torch.from_numpy(keypoints),
+            "image_id": torch.tensor(int(info["id"])),
+            "orig_size": torch.tensor(original_size),
+            "size": torch.tensor(image.shape[:2]),
+        }
+        tensor = torch.from_numpy(normalize(image, self.preprocess.mean, self.preprocess.std))
+        return Sample(tensor, target)
+
+
+def collate(samples: Sequence[Sample | None]) -> Batch:
+    """Pad a list of samples bottom/right to the largest (the authors' batching); drop skipped ones."""
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        return Batch(torch.zeros(0, 3, 32, 32), torch.zeros(0, 32, 32, dtype=torch.bool), [], len(samples))
+    images, mask = pad_batch([s.image.numpy() for s in kept])
+    return Batch(torch.from_numpy(images), torch.from_numpy(mask), [s.target for s in kept], len(samples) - len(kept))

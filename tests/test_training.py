@@ -1,0 +1,194 @@
+"""Training on real coco-mini photographs with a tiny POET: learning, exact resume, bad data, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from poet.checkpoint import read_checkpoint
+from poet.criterion import SetCriterion
+from poet.data.coco import CocoKeypoints, collate
+from poet.data.transforms import TrainTransform
+from poet.errors import DatasetError, PoetError
+from poet.model import PoetConfig, build_model
+from poet.processing import PreprocessConfig
+from poet.train.config import TrainConfig, parse_config
+from poet.train.engine import Trainer
+
+TINY_MODEL = dict(
+    backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=8
+)
+
+
+def tiny_training(coco_root: Path, output: Path, **overrides) -> TrainConfig:
+    values = dict(
+        data=str(coco_root), input_size=[160, 160], epochs=1, batch_size=2, num_workers=0, output_dir=str(output),
+        eval_every=0, progress=False, tensorboard=False, lr_backbone=1e-4, **TINY_MODEL,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_loader_reads_coco_mini_train_and_val(coco_mini):
+    preprocess = PreprocessConfig(input_size=(256, 256))
+    for split in ("train2017", "val2017"):
+        dataset = CocoKeypoints(
+            coco_mini / "annotations" / f"person_keypoints_{split}.json", coco_mini / split, preprocess,
+            TrainTransform((256, 256)),
+        )
+        assert len(dataset) > 30 and dataset.skipped.reasons["without people"] > 0
+        batch = collate([dataset[i] for i in range(len(dataset))])
+        assert batch.images.shape[0] == len(dataset) and batch.images.shape[2] <= 256
+        for target in batch.targets:
+            keypoints = target["keypoints"]
+            assert keypoints.shape[1] == 54 and ((keypoints >= 0) & (keypoints <= 1)).all()
+            # Label 0 exactly for people without a visible keypoint, and their centre is unsupervised.
+            no_visible = keypoints[:, 5::3].sum(dim=1) == 0
+            assert torch.equal(target["labels"] == 0, no_visible)
+            assert torch.equal(keypoints[:, 2] == 0, no_visible)
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(coco_mini):
+    torch.manual_seed(0)
+    dataset = CocoKeypoints(
+        coco_mini / "annotations" / "person_keypoints_val2017.json", coco_mini / "val2017",
+        PreprocessConfig(input_size=(128, 128)),
+    )
+    batch = collate([dataset[i] for i in range(4)])
+    model = build_model(PoetConfig(**TINY_MODEL, dropout=0.0)).train()
+    criterion = SetCriterion(num_decoder_layers=2)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(30):
+        total = criterion.weighted_total(criterion(model(batch.images, batch.mask), batch.targets))
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(float(total.detach()))
+    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5]), losses
+
+
+def test_resumed_run_reproduces_the_uninterrupted_run_exactly(coco_mini, tmp_path):
+    settings = dict(epochs=3, max_steps_per_epoch=3, lr_drops=[2], dropout=0.1)
+    straight = Trainer(tiny_training(coco_mini, tmp_path / "straight", **settings))
+    straight.fit()
+    interrupted = Trainer(tiny_training(coco_mini, tmp_path / "resumed", **{**settings, "epochs": 1}))
+    interrupted.fit()
+    resumed = Trainer(
+        tiny_training(coco_mini, tmp_path / "resumed", **settings, resume=str(tmp_path / "resumed" / "checkpoint.pth"))
+    )
+    assert resumed.start_epoch == 1
+    resumed.fit()
+    for epoch in (1, 2):
+        assert resumed.step_losses[epoch] == straight.step_losses[epoch]
+    final_a = read_checkpoint(tmp_path / "straight" / "checkpoint.pth").state_dict
+    final_b = read_checkpoint(tmp_path / "resumed" / "checkpoint.pth").state_dict
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("epoch,lr,loss")
+
+
+def test_one_epoch_on_coco_mini_with_evaluation_and_best_checkpoint(coco_mini, tmp_path):
+    trainer = Trainer(tiny_training(coco_mini, tmp_path, eval_every=1, eval_limit=6, batch_size=4))
+    history = trainer.fit()
+    assert history[0]["val_AP"] >= 0.0 and history[0]["images_per_second"] > 0
+    assert (tmp_path / "best.pth").is_file() and (tmp_path / "checkpoint.pth").is_file()
+    assert {p.name for p in tmp_path.iterdir()} == {"best.pth", "checkpoint.pth", "metrics.csv"}
+
+
+def _copy_coco(coco_mini: Path, destination: Path) -> Path:
+    shutil.copytree(coco_mini, destination)
+    for path in destination.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return destination
+
+
+def test_bad_images_are_skipped_counted_and_reported(coco_mini, tmp_path):
+    root = _copy_coco(coco_mini, tmp_path / "coco")
+    annotations = json.loads((root / "annotations" / "person_keypoints_train2017.json").read_text())
+    with_people = sorted({a["image_id"] for a in annotations["annotations"]})
+    names = {i["id"]: i["file_name"] for i in annotations["images"]}
+    (root / "train2017" / names[with_people[0]]).unlink()
+    (root / "train2017" / names[with_people[1]]).write_bytes(b"broken jpeg")
+    trainer = Trainer(tiny_training(root, tmp_path / "out", batch_size=5))
+    assert trainer.train_set.skipped.reasons["missing image files"] == 1
+    assert trainer.train_set.skipped.reasons["without people"] > 0
+    history = trainer.fit()
+    assert history[0]["skipped_images"] == 1
+
+
+def test_coco_file_with_missing_keys_stops_before_training(coco_mini, tmp_path):
+    root = _copy_coco(coco_mini, tmp_path / "coco")
+    path = root / "annotations" / "person_keypoints_train2017.json"
+    data = json.loads(path.read_text())
+    del data["images"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match="person_keypoints_train2017.json has no 'images'"):
+        Trainer(tiny_training(root, tmp_path / "out"))
+
+
+def test_config_file_and_flags(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("epochs: 7\nlr: 0.0003\ninput_size: [192, 160]\n")
+    (tmp_path / "recipe.toml").write_text("epochs = 9\nbatch_size = 6\n")
+    config = parse_config(["--config", str(tmp_path / "recipe.yaml"), "--lr", "0.001"])
+    assert (config.epochs, config.lr, config.input_size) == (7, 0.001, [192, 160])
+    assert parse_config(["--config", str(tmp_path / "recipe.toml")]).batch_size == 6
+    (tmp_path / "typo.yaml").write_text("epohcs: 3\n")
+    with pytest.raises(PoetError, match="unknown options epohcs"):
+        parse_config(["--config", str(tmp_path / "typo.yaml")])
+
+
+def test_sigkill_during_checkpoint_write_leaves_previous_checkpoint_intact(tmp_path, tiny_config):
+    """A writer killed half-way through leaves the old file loadable and unchanged."""
+    path = tmp_path / "checkpoint.pth"
+    script = textwrap.dedent(
+        f"""
+        import sys, time, torch
+        from poet.checkpoint import save_checkpoint
+        from poet.model import PoetConfig, build_model
+        model = build_model(PoetConfig(**{tiny_config.to_dict()!r}))
+        save_checkpoint({str(path)!r}, model, epoch=0)
+        real_save = torch.save
+        def slow_save(obj, target):
+            real_save(obj, target)
+            with open(target, "r+b") as handle:
+                handle.truncate(handle.seek(0, 2) // 2)
+            print("writing", flush=True)
+            time.sleep(60)
+        torch.save = slow_save
+        save_checkpoint({str(path)!r}, model, epoch=1)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "writing"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert read_checkpoint(path).extra["epoch"] == 0
+
+
+def test_torchrun_ddp_on_cpu(coco_mini, tmp_path):
+    """Two processes (gloo) train one short epoch together and rank 0 writes the checkpoint."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+        "-m", "poet.train", "--data", str(coco_mini), "--input-size", "128", "128", "--epochs", "1",
+        "--max-steps-per-epoch", "2", "--num-workers", "0", "--eval-every", "0", "--no-progress",
+        "--no-tensorboard", "--output-dir", str(tmp_path), "--device", "cpu", "--threads", "1",
+    ]
+    for key, value in TINY_MODEL.items():
+        command += ["--" + key.replace("_", "-"), str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = read_checkpoint(tmp_path / "checkpoint.pth")
+    assert isinstance(checkpoint.extra["rng"], list) and len(checkpoint.extra["rng"]) == 2
+    assert np.isfinite(float((tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")[2]))

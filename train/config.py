@@ -1,0 +1,176 @@
+"""Training options: one dataclass, read from YAML or TOML, every option also a command-line flag.
+
+Precedence: built-in defaults < config file < flags. Defaults are the authors' ``main.py`` ones
+(facts file section 7) except where a field says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from poet.errors import PoetError
+from poet.model.config import PoetConfig
+from poet.processing import PreprocessConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+@dataclass
+class TrainConfig:
+    # Data: a COCO-layout root, or explicit annotation files and image folders.
+    data: str | None = None
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    train_annotations: str | None = None
+    train_images: str | None = None
+    val_annotations: str | None = None
+    val_images: str | None = None
+    input_size: list[int] = field(default_factory=lambda: [512, 512])
+    # Model (PoetConfig fields).
+    backbone: str = "resnet50"
+    dilation4: bool = False
+    dilation5: bool = False
+    position_embedding: str = "sine"
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    pre_norm: bool = False
+    num_queries: int = 50
+    aux_loss: bool = True
+    backbone_weights: str | None = None
+    finetune: str | None = None
+    resume: str | None = None
+    # Optimisation.
+    epochs: int = 300
+    batch_size: int = 2
+    lr: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    lr_drops: list[int] = field(default_factory=lambda: [200])
+    lr_gamma: float = 0.1
+    clip_max_norm: float = 0.1
+    amp: bool = True
+    # Matching costs and loss weights.
+    set_cost_class: float = 1.0
+    set_cost_kpts: float = 5.0
+    set_cost_ctrs: float = 1.0
+    set_cost_deltas: float = 1.0
+    set_cost_kpts_class: float = 2.0
+    kpts_loss_coef: float = 5.0
+    ctrs_loss_coef: float = 1.0
+    deltas_loss_coef: float = 1.0
+    kpts_class_loss_coef: float = 2.0
+    eos_coef: float = 0.1
+    # Augmentation.
+    flip_prob: float = 0.5
+    crop_prob: float = 0.5
+    min_scale: float = 0.6
+    # Running.
+    output_dir: str = "runs/poet"
+    eval_every: int = 1
+    eval_limit: int | None = None
+    num_workers: int = 2
+    seed: int = 42
+    device: str = "auto"
+    threads: int | None = None
+    max_steps_per_epoch: int | None = None
+    tensorboard: bool = True
+    progress: bool = True
+
+    def model_config(self) -> PoetConfig:
+        names = {f.name for f in dataclasses.fields(PoetConfig)}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        return PoetConfig(**values, train_backbone=self.lr_backbone > 0)
+
+    def preprocess(self) -> PreprocessConfig:
+        if len(self.input_size) != 2:
+            raise PoetError(f"input_size needs two numbers (height width), got {self.input_size}")
+        return PreprocessConfig(input_size=(int(self.input_size[0]), int(self.input_size[1])))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(element type, is_list) with ``X | None`` unwrapped."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = args[0]
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML (.yaml/.yml) or TOML (.toml) file, checked against the known names."""
+    path = Path(path)
+    if not path.is_file():
+        raise PoetError(f"config file {path} not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as error:
+        raise PoetError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {error}") from error
+    if not isinstance(data, dict):
+        raise PoetError(f"{path}: expected a mapping of option names to values")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(_field_types()))
+    if unknown:
+        raise PoetError(f"{path}: unknown options {', '.join(unknown)} (see poet-train --help)")
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poet-train",
+        description="Train or fine-tune POET on COCO-format person keypoints (single process or torchrun/DDP).",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", help="YAML or TOML file with any of the options below")
+    defaults = TrainConfig()
+    for name, annotation in _field_types().items():
+        kind, is_list = _base_type(annotation)
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"(default: {default})")
+        else:
+            parser.add_argument(flag, type=kind, nargs="+" if is_list else None, help=f"(default: {default})")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the ``--config`` file, then flags."""
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = args.pop("config", None)
+    if config_file:
+        values.update(read_config_file(config_file))
+    values.update(args)
+    try:
+        return TrainConfig(**json.loads(json.dumps(values)))
+    except TypeError as error:
+        raise PoetError(f"bad training options: {error}") from error

@@ -1,0 +1,465 @@
+"""The training loop: one process or many (torchrun/DDP), checkpoints that resume exactly.
+
+Each epoch: train, step the learning-rate schedule, write ``checkpoint.pth`` atomically (model,
+optimizer, scheduler, grad scaler, epoch, RNG states), evaluate OKS AP every ``eval_every``
+epochs (``best.pth`` keeps the best), and append to ``metrics.csv`` and TensorBoard.
+
+Deliberate departures from the authors' loop (facts file sections 13-14): gradients are unscaled
+before clipping under mixed precision (#19), and the matcher runs on any device (#17).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from poet.train.config import TrainConfig
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from poet.checkpoint import read_checkpoint, save_checkpoint
+from poet.criterion import SetCriterion
+from poet.data.coco import Batch, CocoKeypoints, collate
+from poet.data.transforms import TrainTransform
+from poet.errors import DatasetError, PoetError
+from poet.fileio import atomic_path
+from poet.matcher import HungarianMatcher
+from poet.model import POET, load_backbone_weights
+from poet.runner import evaluate_model
+
+logger = logging.getLogger("poet")
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Distributed:
+    """Join the process group torchrun describes in the environment; a no-op for one process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, distributed: Distributed) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PoetError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU")
+        device = torch.device("cuda", distributed.local_rank if distributed.enabled else (device.index or 0))
+        torch.cuda.set_device(device)
+    return device
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a step can touch, as bytes and numbers: weights-only loadable and safe to all-gather."""
+    _kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state().numpy().tobytes(),
+        "cuda": [s.numpy().tobytes() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": np.asarray(keys, dtype=np.uint32).tobytes(),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": random.getstate(),
+    }
+
+
+def _byte_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(_byte_tensor(state["torch"]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_byte_tensor(s) for s in state["cuda"]])
+    numpy_state = state["numpy"]
+    keys = np.frombuffer(numpy_state["keys"], dtype=np.uint32)
+    np.random.set_state(("MT19937", keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _coco_split(
+    config: TrainConfig, split: str, annotations: str | None, images: str | None
+) -> tuple[Path, Path] | None:
+    if annotations and images:
+        return Path(annotations), Path(images)
+    if config.data is None:
+        return None
+    root = Path(config.data)
+    return Path(annotations or root / "annotations" / f"person_keypoints_{split}.json"), Path(images or root / split)
+
+
+def build_model_for_training(config: TrainConfig) -> POET:
+    """A new model, optionally with local ImageNet backbone weights, or one started from ``--finetune``."""
+    model = POET(config.model_config(), config.preprocess())
+    if config.finetune:
+        source = read_checkpoint(config.finetune)
+        if source.config.replace(dropout=config.dropout, train_backbone=model.config.train_backbone) != model.config:
+            logger.info("fine-tuning keeps the architecture of %s: %s", config.finetune, source.config)
+            model = POET(
+                source.config.replace(dropout=config.dropout, train_backbone=config.lr_backbone > 0),
+                config.preprocess(),
+            )
+        model.load_state_dict(source.state_dict)
+    elif config.backbone_weights:
+        load_backbone_weights(model.backbone.body, config.backbone_weights)
+    return model
+
+
+def build_optimizer(model: POET, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the backbone at its own learning rate (the authors' two parameter groups)."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in trainable if "backbone" not in n], "lr": config.lr}]
+    backbone = [p for n, p in trainable if "backbone" in n]
+    if backbone:
+        groups.append({"params": backbone, "lr": config.lr_backbone})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduler_state(scheduler: torch.optim.lr_scheduler.MultiStepLR) -> dict[str, Any]:
+    state = scheduler.state_dict()
+    state["milestones"] = dict(state["milestones"])  # Counter is not weights-only loadable
+    return state
+
+
+@dataclass
+class EpochStats:
+    """Means of the weighted loss and its terms, and where the time went."""
+
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    steps: int = 0
+    images: int = 0
+    skipped: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    step_losses: list[float] = field(default_factory=list)
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.steps) for k, v in self.sums.items()}
+
+
+class _Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
+
+
+class Trainer:
+    """Holds the model, optimiser and data of one run; :meth:`fit` trains from the current epoch."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.dist = init_distributed()
+        self.device = pick_device(config.device, self.dist)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        seed_everything(config.seed + self.dist.rank)
+        self.output_dir = Path(config.output_dir)
+        train_paths = _coco_split(config, config.train_split, config.train_annotations, config.train_images)
+        if train_paths is None:
+            raise DatasetError("no training data: give --data COCO_ROOT or --train-annotations and --train-images")
+        self.val_paths = _coco_split(config, config.val_split, config.val_annotations, config.val_images)
+        if self.val_paths and not self.val_paths[0].is_file():
+            logger.warning("no validation annotations at %s: OKS AP will not be measured", self.val_paths[0])
+            self.val_paths = None
+        transform = TrainTransform(
+            tuple(config.preprocess().input_size), config.flip_prob, config.crop_prob, config.min_scale
+        )
+        self.train_set = CocoKeypoints(*train_paths, config.preprocess(), transform, seed=config.seed)
+        self.model = build_model_for_training(config).to(self.device)
+        matcher = HungarianMatcher(
+            cost_class=config.set_cost_class,
+            cost_kpts=config.set_cost_kpts,
+            cost_ctrs=config.set_cost_ctrs,
+            cost_deltas=config.set_cost_deltas,
+            cost_kpts_class=config.set_cost_kpts_class,
+        )
+        self.criterion = SetCriterion(
+            matcher,
+            eos_coef=config.eos_coef,
+            kpts_loss_coef=config.kpts_loss_coef,
+            ctrs_loss_coef=config.ctrs_loss_coef,
+            deltas_loss_coef=config.deltas_loss_coef,
+            kpts_class_loss_coef=config.kpts_class_loss_coef,
+            num_decoder_layers=self.model.config.dec_layers,
+            aux_loss=self.model.config.aux_loss,
+        ).to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=config.lr_drops, gamma=config.lr_gamma
+        )
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.start_epoch = 0
+        self.best_ap = -1.0
+        self.history: list[dict[str, Any]] = []
+        self.step_losses: dict[int, list[float]] = {}
+        if config.resume:
+            self._resume(Path(config.resume))
+        self.sampler: DistributedSampler[Any] = DistributedSampler(
+            self.train_set,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=config.seed,
+            drop_last=True,
+        )
+        self.loader = DataLoader(
+            self.train_set,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate,
+            num_workers=config.num_workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+        )
+        if len(self.loader) == 0:
+            raise DatasetError(
+                f"{len(self.train_set)} training images per process are fewer than one batch of {config.batch_size}"
+            )
+        self.ddp_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.writer = self._tensorboard() if self.dist.is_main else None
+
+    def _tensorboard(self) -> Any:
+        if not self.config.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("tensorboard is not installed: logging to metrics.csv only")
+            return None
+        return SummaryWriter(str(self.output_dir / "tensorboard"))
+
+    def _resume(self, path: Path) -> None:
+        checkpoint = read_checkpoint(path)
+        state = checkpoint.extra
+        missing = [k for k in ("optimizer", "scheduler", "scaler", "epoch", "rng") if k not in state]
+        if missing:
+            raise PoetError(
+                f"{path} cannot resume training: it lacks {', '.join(missing)} "
+                "(use --finetune to start from its weights)"
+            )
+        self.model.load_state_dict(checkpoint.state_dict)
+        self.optimizer.load_state_dict(state["optimizer"])
+        scheduler_state = dict(state["scheduler"])
+        scheduler_state["milestones"] = Counter(scheduler_state["milestones"])
+        self.scheduler.load_state_dict(scheduler_state)
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_ap = float(state.get("best_ap", -1.0))
+        self.history = list(state.get("history", []))
+        restore_rng_state(state["rng"][self.dist.rank] if isinstance(state["rng"], list) else state["rng"])
+        logger.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+    def train_one_epoch(self, epoch: int) -> EpochStats:
+        self.model.train()
+        self.criterion.train()
+        self.sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        stats = EpochStats()
+        steps = (
+            len(self.loader)
+            if self.config.max_steps_per_epoch is None
+            else min(len(self.loader), self.config.max_steps_per_epoch)
+        )
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            unit="step",
+            disable=not (self.config.progress and self.dist.is_main),
+        )
+        timer = _Timer(self.device)
+        for step, batch in enumerate(self.loader):
+            if step >= steps:
+                break
+            batch = batch.to(self.device)
+            stats.seconds["data"] += timer.lap()
+            total = self._step(batch, stats, timer)
+            stats.steps += 1
+            stats.images += len(batch.targets) * self.dist.world_size
+            stats.skipped += batch.skipped
+            stats.step_losses.append(total)
+            bar.set_postfix(loss=f"{total:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+            bar.update()
+        bar.close()
+        return stats
+
+    def _step(self, batch: Batch, stats: EpochStats, timer: _Timer) -> float:
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            outputs = self.ddp_model(batch.images, batch.mask)
+        stats.seconds["forward"] += timer.lap()
+        outputs = _to_float32(outputs)
+        losses = self.criterion(outputs, batch.targets)
+        total = self.criterion.weighted_total(losses)
+        stats.seconds["matching_and_loss"] += timer.lap()
+        value = float(total.detach())
+        if not math.isfinite(value):
+            terms = {k: round(float(v), 4) for k, v in losses.items() if "_" in k and k[-1].isalpha()}
+            raise PoetError(f"training loss became {value}; terms: {terms}. Lower --lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        if self.config.clip_max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        stats.seconds["backward_and_step"] += timer.lap()
+        stats.sums["loss"] += value
+        for name, term in losses.items():
+            if not name[-1].isdigit():
+                stats.sums[name] += float(term.detach())
+        return value
+
+    def evaluate(self) -> dict[str, float] | None:
+        if self.val_paths is None:
+            return None
+        return evaluate_model(
+            self.model,
+            *self.val_paths,
+            batch_size=max(1, self.config.batch_size),
+            limit=self.config.eval_limit,
+            progress=self.config.progress,
+        )
+
+    def save(self, epoch: int, path: Path) -> None:
+        rng: Any = rng_state()
+        if self.dist.enabled:
+            gathered: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        if not self.dist.is_main:
+            return
+        save_checkpoint(
+            path,
+            self.model,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=_scheduler_state(self.scheduler),
+            scaler=self.scaler.state_dict(),
+            epoch=epoch,
+            rng=rng,
+            best_ap=self.best_ap,
+            history=self.history,
+            train_config=self.config.to_dict(),
+        )
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        columns = list(dict.fromkeys(k for r in self.history for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.history)
+        with atomic_path(self.output_dir / "metrics.csv") as tmp:
+            tmp.write_text(buffer.getvalue())
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, row["epoch"])
+            self.writer.flush()
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train from ``start_epoch`` to ``epochs``; returns the per-epoch log rows."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for epoch in range(self.start_epoch, self.config.epochs):
+            started = time.perf_counter()
+            stats = self.train_one_epoch(epoch)
+            self.step_losses[epoch] = stats.step_losses
+            self.scheduler.step()
+            elapsed = time.perf_counter() - started
+            row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **stats.means()}
+            row.update({f"seconds_{k}": v for k, v in stats.seconds.items()})
+            row.update(images_per_second=stats.images / elapsed, skipped_images=stats.skipped)
+            due = self.config.eval_every > 0 and (
+                (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs
+            )
+            metrics = self.evaluate() if due and self.dist.is_main else None
+            if metrics is not None:
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+            if self.dist.is_main:
+                self._log(row)
+            improved = metrics is not None and metrics["AP"] > self.best_ap
+            if improved and metrics is not None:
+                self.best_ap = metrics["AP"]
+            self.save(epoch, self.output_dir / "checkpoint.pth")
+            if improved and self.dist.is_main:
+                with atomic_path(self.output_dir / "best.pth") as tmp:
+                    shutil.copyfile(self.output_dir / "checkpoint.pth", tmp)
+            if self.dist.is_main:
+                ap = f", val AP {metrics['AP']:.3f}" if metrics else ""
+                skipped = f", {stats.skipped} images skipped" if stats.skipped else ""
+                logger.info(
+                    "epoch %d: loss %.4f, %.2f img/s%s%s",
+                    epoch + 1,
+                    row.get("loss", float("nan")),
+                    row["images_per_second"],
+                    ap,
+                    skipped,
+                )
+            if self.dist.enabled:
+                dist.barrier()
+        if self.writer is not None:
+            self.writer.close()
+        return self.history
+
+
+def _to_float32(outputs: dict[str, Any]) -> dict[str, Any]:
+    """The loss runs in float32 even when the forward ran under autocast."""
+    converted: dict[str, Any] = {}
+    for key, value in outputs.items():
+        if isinstance(value, torch.Tensor):
+            converted[key] = value.float()
+        elif isinstance(value, list):
+            converted[key] = [_to_float32(item) for item in value]
+        else:
+            converted[key] = value
+    return converted
