@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from poet.train.config import TrainConfig
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -40,6 +39,7 @@ from poet.fileio import atomic_path
 from poet.matcher import HungarianMatcher
 from poet.model import POET, load_backbone_weights
 from poet.runner import evaluate_model
+from poet.train.config import TrainConfig
 
 logger = logging.getLogger("poet")
 
