@@ -66,9 +66,7 @@ def _read(path: Path) -> Any:
 
 
 def _strip_prefix(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return {
-        key.removeprefix("module."): value for key, value in state.items() if not key.endswith("num_batches_tracked")
-    }
+    return {key.removeprefix("module."): value for key, value in state.items()}
 
 
 def _count_layers(state: dict[str, torch.Tensor], prefix: str) -> int:
@@ -102,6 +100,7 @@ def config_from_state_dict(state: dict[str, torch.Tensor], hints: dict[str, Any]
         "dec_layers": _count_layers(state, "transformer.decoder.layers."),
         "pre_norm": "transformer.encoder.norm.weight" in state,
         "position_embedding": "learned" if "backbone.1.row_embed.weight" in state else "sine",
+        "frozen_batchnorm": "backbone.0.body.bn1.num_batches_tracked" not in state,
     }
     for key, value in derived.items():
         if key in hints and hints[key] != value:

@@ -1,4 +1,4 @@
-"""Command-line tools of the model library: ``poet-eval`` and ``poet-predict``."""
+"""Command-line tools of the model library: ``poet`` (the umbrella), ``poet-eval`` and ``poet-predict``."""
 
 from __future__ import annotations
 
@@ -112,4 +112,25 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
     )
     print(f"wrote {len(written)} annotated images and poses.json to {args.output}")
+    return 0
+
+
+@run_cli
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="poet", description="poet-edge: POET from training to fast engines.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    quick = commands.add_parser(
+        "quickstart", help="the whole pipeline on embedded synthetic people (no download, no GPU)"
+    )
+    quick.add_argument("--output", type=Path, default=Path("runs/quickstart"), help="output folder")
+    quick.add_argument("--train-images", type=int, default=3000, help="synthetic training images (default: 3000)")
+    quick.add_argument("--val-images", type=int, default=200, help="held-out synthetic images (default: 200)")
+    quick.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    args = parser.parse_args(argv)
+
+    from poet.benchmarks.quickstart import quickstart
+
+    report = quickstart(args.output, args.train_images, args.val_images, args.epochs)
+    print(report.read_text())
+    print(f"report written to {report}")
     return 0

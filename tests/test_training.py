@@ -32,8 +32,17 @@ TINY_MODEL = dict(
 
 def tiny_training(coco_root: Path, output: Path, **overrides) -> TrainConfig:
     values = dict(
-        data=str(coco_root), input_size=[160, 160], epochs=1, batch_size=2, num_workers=0, output_dir=str(output),
-        eval_every=0, progress=False, tensorboard=False, lr_backbone=1e-4, **TINY_MODEL,
+        data=str(coco_root),
+        input_size=[160, 160],
+        epochs=1,
+        batch_size=2,
+        num_workers=0,
+        output_dir=str(output),
+        eval_every=0,
+        progress=False,
+        tensorboard=False,
+        lr_backbone=1e-4,
+        **TINY_MODEL,
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -43,7 +52,9 @@ def test_loader_reads_coco_mini_train_and_val(coco_mini):
     preprocess = PreprocessConfig(input_size=(256, 256))
     for split in ("train2017", "val2017"):
         dataset = CocoKeypoints(
-            coco_mini / "annotations" / f"person_keypoints_{split}.json", coco_mini / split, preprocess,
+            coco_mini / "annotations" / f"person_keypoints_{split}.json",
+            coco_mini / split,
+            preprocess,
             TrainTransform((256, 256)),
         )
         assert len(dataset) > 30 and dataset.skipped.reasons["without people"] > 0
@@ -61,7 +72,8 @@ def test_loader_reads_coco_mini_train_and_val(coco_mini):
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(coco_mini):
     torch.manual_seed(0)
     dataset = CocoKeypoints(
-        coco_mini / "annotations" / "person_keypoints_val2017.json", coco_mini / "val2017",
+        coco_mini / "annotations" / "person_keypoints_val2017.json",
+        coco_mini / "val2017",
         PreprocessConfig(input_size=(128, 128)),
     )
     batch = collate([dataset[i] for i in range(4)])
@@ -179,10 +191,34 @@ def test_sigkill_during_checkpoint_write_leaves_previous_checkpoint_intact(tmp_p
 def test_torchrun_ddp_on_cpu(coco_mini, tmp_path):
     """Two processes (gloo) train one short epoch together and rank 0 writes the checkpoint."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-        "-m", "poet.train", "--data", str(coco_mini), "--input-size", "128", "128", "--epochs", "1",
-        "--max-steps-per-epoch", "2", "--num-workers", "0", "--eval-every", "0", "--no-progress",
-        "--no-tensorboard", "--output-dir", str(tmp_path), "--device", "cpu", "--threads", "1",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "poet.train",
+        "--data",
+        str(coco_mini),
+        "--input-size",
+        "128",
+        "128",
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "2",
+        "--num-workers",
+        "0",
+        "--eval-every",
+        "0",
+        "--no-progress",
+        "--no-tensorboard",
+        "--output-dir",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
     ]
     for key, value in TINY_MODEL.items():
         command += ["--" + key.replace("_", "-"), str(value)]

@@ -39,6 +39,7 @@ class TrainConfig:
     input_size: list[int] = field(default_factory=lambda: [512, 512])
     # Model (PoetConfig fields).
     backbone: str = "resnet50"
+    frozen_batchnorm: bool = True
     dilation4: bool = False
     dilation5: bool = False
     position_embedding: str = "sine"

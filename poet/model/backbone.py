@@ -28,13 +28,13 @@ class ResNetBody(nn.Module):
         resnet = getattr(torchvision.models, config.backbone)(
             weights=None,
             replace_stride_with_dilation=[False, config.dilation4, config.dilation5],
-            norm_layer=FrozenBatchNorm2d,
+            norm_layer=FrozenBatchNorm2d if config.frozen_batchnorm else nn.BatchNorm2d,
         )
         self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
         for name, parameter in self.body.named_parameters():
-            # The stem and layer1 stay frozen even when the backbone trains (authors' rule).
-            trainable = config.train_backbone and any(stage in name for stage in TRAINABLE_STAGES)
-            parameter.requires_grad_(trainable)
+            # With pretrained (frozen-BN) weights the stem and layer1 stay frozen (authors' rule).
+            in_trained_stage = not config.frozen_batchnorm or any(stage in name for stage in TRAINABLE_STAGES)
+            parameter.requires_grad_(config.train_backbone and in_trained_stage)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)["0"]

@@ -17,6 +17,9 @@ class PoetConfig:
     dilation4: bool = False
     dilation5: bool = False
     train_backbone: bool = True
+    # False swaps the authors' frozen batch norm for trainable BatchNorm and trains the whole backbone:
+    # the way to train from scratch when no ImageNet weights are at hand (e.g. the synthetic recipe).
+    frozen_batchnorm: bool = True
     position_embedding: str = "sine"
     hidden_dim: int = 256
     nheads: int = 8
