@@ -27,7 +27,7 @@ def photo_with_people(coco_mini):
     return read_image(coco_mini / "val2017" / name), people_from_coco(counts[image_id])
 
 
-def test_coco_visibility_two_is_the_only_visible(photo_with_people):
+def test_coco_visibility_two_is_the_only_visible():
     annotations = [
         {"keypoints": [10, 20, 2, 30, 40, 1] + [0] * 45, "iscrowd": 0},
         {"keypoints": [1] * 51, "iscrowd": 1},
