@@ -29,8 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from poet.matcher import (
-    NO_OBJECT_CLASS,
-    NUM_CLASSES,
     HungarianMatcher,
     MatchIndices,
     ModelOutputs,
@@ -41,6 +39,7 @@ from poet.matcher import (
     target_keypoints,
     target_masks,
 )
+from poet.processing import NO_OBJECT_CLASS, NUM_CLASSES
 
 
 class _MatchedPairs(NamedTuple):

@@ -34,14 +34,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from poet.processing import KEYPOINT_OUTPUTS
 from poet.skeleton import NUM_KEYPOINTS
 
-# Classes 0 (person without annotated keypoints) and 1 (person); the extra last logit is "no object".
-NUM_CLASSES = 2
-NO_OBJECT_CLASS = NUM_CLASSES
-
 # Prediction: [cx, cy, ox0, oy0, v0, ..., ox16, oy16, v16], all sigmoided.
-PRED_DIM = 2 + 3 * NUM_KEYPOINTS
+PRED_DIM = KEYPOINT_OUTPUTS
 PRED_CENTRE = slice(0, 2)
 PRED_OFFSET_X = slice(2, PRED_DIM, 3)
 PRED_OFFSET_Y = slice(3, PRED_DIM, 3)

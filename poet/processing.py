@@ -24,8 +24,10 @@ from poet.skeleton import NUM_KEYPOINTS
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 KEYPOINT_OUTPUTS = 2 + 3 * NUM_KEYPOINTS
-NO_OBJECT_CLASS = 2
+# Classes: 0 person without annotated keypoints, 1 person; the class head adds 2, no object.
+NUM_CLASSES = 2
 PERSON_CLASS = 1
+NO_OBJECT_CLASS = NUM_CLASSES
 
 
 @dataclass(frozen=True)

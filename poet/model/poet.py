@@ -10,9 +10,7 @@ from poet.model.backbone import ResNetBody
 from poet.model.config import PoetConfig
 from poet.model.position_encoding import build_position_encoding
 from poet.model.transformer import Transformer
-from poet.processing import KEYPOINT_OUTPUTS, PreprocessConfig
-
-NUM_CLASSES = 2  # person without keypoints (0), person (1); the head adds no-object (2).
+from poet.processing import KEYPOINT_OUTPUTS, NUM_CLASSES, PreprocessConfig
 
 
 class KeypointHead(nn.Module):
