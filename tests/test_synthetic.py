@@ -147,3 +147,27 @@ def test_splits_and_command_line(tmp_path, capsys):
     assert image is not None and image.shape == (64, 96, 3)
     with pytest.raises(SystemExit):
         main([str(tmp_path / "bad"), "--train", "-1"])
+
+
+def test_min_height_and_max_people_shape_the_people(tmp_path):
+    """Keypoint spans grow with --min-height (the recipe's easier preset) and people per image obey --max-people."""
+
+    def spans(min_height: float) -> tuple[float, int]:
+        path = generate_dataset(
+            tmp_path / str(min_height), 30, image_size=(96, 96), max_people=2, min_height=min_height, progress=False
+        )
+        data = json.loads(path.read_text())
+        heights = []
+        for annotation in data["annotations"]:
+            labelled = _keypoints(annotation)
+            labelled = labelled[labelled[:, 2] > 0]
+            if len(labelled) > 8:
+                heights.append(np.ptp(labelled[:, 1]))
+        per_image = max(sum(a["image_id"] == i["id"] for a in data["annotations"]) for i in data["images"])
+        return float(np.median(heights)), per_image
+
+    small, crowd_small = spans(0.1)
+    large, crowd_large = spans(0.6)
+    assert large > 1.25 * small and crowd_small <= 2 and crowd_large <= 2
+    with pytest.raises(ValueError, match="min_height"):
+        generate_dataset(tmp_path / "bad", 1, min_height=0.95, progress=False)

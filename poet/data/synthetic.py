@@ -34,7 +34,9 @@ FRONT_FACING_PROBABILITY = 0.65
 # Share of figures placed wholly inside the frame; the rest may hang up to this fraction outside.
 FULLY_INSIDE_PROBABILITY = 0.8
 MAX_OUTSIDE_FRACTION = 0.45
-PERSON_HEIGHT_RANGE = (0.25, 0.9)
+# Person height as a fraction of the image height: the smallest default and the largest.
+MIN_PERSON_HEIGHT = 0.25
+MAX_PERSON_HEIGHT = 0.9
 
 # Body proportions as fractions of standing height (head top to ankles).
 HEAD_RADIUS = 0.07
@@ -280,10 +282,10 @@ def _placement_offset(rng: np.random.Generator, bounds: np.ndarray, frame: np.nd
     return rng.uniform(-low - slack, np.maximum(frame - high + slack, -low - slack))
 
 
-def _sample_figure(rng: np.random.Generator, height: int, width: int) -> _Figure:
+def _sample_figure(rng: np.random.Generator, height: int, width: int, min_height: float) -> _Figure:
     """Pose, scale, place and dress one person."""
     pose = _sample_pose(rng)
-    person_height = rng.uniform(*PERSON_HEIGHT_RANGE) * height
+    person_height = rng.uniform(min_height, MAX_PERSON_HEIGHT) * height
     scaled = {name: point * person_height for name, point in pose.points.items()}
     head_radius = HEAD_RADIUS * person_height
     stacked = np.stack(list(scaled.values()))
@@ -462,14 +464,14 @@ def _polygons(mask: np.ndarray) -> list[list[float]]:
 
 
 def render_image(
-    rng: np.random.Generator, height: int, width: int, max_people: int
+    rng: np.random.Generator, height: int, width: int, max_people: int, min_height: float = MIN_PERSON_HEIGHT
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """One BGR image and its person annotations (COCO fields minus the ids).
 
     Public so a training loop can also synthesise samples on the fly instead of reading files.
     """
     image = _background(rng, height, width)
-    figures = [_sample_figure(rng, height, width) for _ in range(rng.integers(1, max_people + 1))]
+    figures = [_sample_figure(rng, height, width, min_height) for _ in range(rng.integers(1, max_people + 1))]
     masks = np.zeros((len(figures), height, width), dtype=np.uint8)
     for figure, mask in zip(figures, masks, strict=True):
         figure.draw(image, mask)
@@ -533,6 +535,7 @@ def generate_dataset(
     split: str = "train2017",
     image_size: tuple[int, int] = (256, 256),
     max_people: int = 3,
+    min_height: float = MIN_PERSON_HEIGHT,
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
@@ -544,6 +547,8 @@ def generate_dataset(
     height, width = image_size
     if num_images < 0 or max_people < 1 or seed < 0 or min(height, width) < 32:
         raise ValueError("need num_images >= 0, max_people >= 1, seed >= 0 and both image sides >= 32")
+    if not 0.05 <= min_height <= MAX_PERSON_HEIGHT:
+        raise ValueError(f"min_height must be between 0.05 and {MAX_PERSON_HEIGHT} of the image height")
     out_dir = Path(out_dir)
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -552,7 +557,7 @@ def generate_dataset(
     for index in tqdm(range(num_images), desc=f"synthesising {split}", disable=not progress):
         image_id = index + 1
         file_name = f"{image_id:012d}.jpg"
-        image, people = render_image(_split_rng(seed, split, index), height, width, max_people)
+        image, people = render_image(_split_rng(seed, split, index), height, width, max_people, min_height)
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {file_name}")
@@ -599,6 +604,7 @@ def generate_splits(
     *,
     image_size: tuple[int, int] = (256, 256),
     max_people: int = 3,
+    min_height: float = MIN_PERSON_HEIGHT,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[Path, Path]:
@@ -606,6 +612,7 @@ def generate_splits(
     common: dict[str, Any] = {
         "image_size": image_size,
         "max_people": max_people,
+        "min_height": min_height,
         "seed": seed,
         "progress": progress,
     }
@@ -634,6 +641,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--max-people", type=int, default=3, metavar="M", help="most people drawn in one image (default 3)"
     )
+    parser.add_argument(
+        "--min-height",
+        type=float,
+        default=MIN_PERSON_HEIGHT,
+        metavar="F",
+        help=f"smallest person as a fraction of the image height (default {MIN_PERSON_HEIGHT})",
+    )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -645,6 +659,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.val,
         image_size=(args.size[0], args.size[1]),
         max_people=args.max_people,
+        min_height=args.min_height,
         seed=args.seed,
         progress=not args.quiet,
     ):
