@@ -228,3 +228,17 @@ def test_torchrun_ddp_on_cpu(coco_mini, tmp_path):
     checkpoint = read_checkpoint(tmp_path / "checkpoint.pth")
     assert isinstance(checkpoint.extra["rng"], list) and len(checkpoint.extra["rng"]) == 2
     assert np.isfinite(float((tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")[2]))
+
+
+def test_finetune_from_the_authors_format_keeps_their_architecture_and_weights(coco_mini, tmp_path):
+    import argparse
+
+    source = build_model(PoetConfig(**{**TINY_MODEL, "num_queries": 5}))
+    args = argparse.Namespace(backbone="resnet18", num_queries=5, lr_backbone=1e-5, aux_loss=True)
+    torch.save({"model": source.state_dict(), "args": args, "epoch": 10}, tmp_path / "authors.pth")
+    trainer = Trainer(tiny_training(coco_mini, tmp_path / "out", finetune=str(tmp_path / "authors.pth")))
+    assert trainer.model.config.num_queries == 5
+    state = trainer.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in source.state_dict().items())
+    history = trainer.fit()
+    assert np.isfinite(history[0]["loss"])
