@@ -24,6 +24,22 @@ from poet.train.engine import Trainer
 
 logger = logging.getLogger("poet")
 RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "synthetic-small.yaml"
+# The synthetic people the small recipe is tuned for: at most two per image, each at least half the image tall.
+RECIPE_MAX_PEOPLE = 2
+RECIPE_MIN_HEIGHT = 0.5
+
+
+def synthesise_for_recipe(data: Path, train_images: int, val_images: int, input_size: list[int]) -> None:
+    """Training and held-out splits at the recipe's input size (different random streams, no overlap)."""
+    generate_splits(
+        data,
+        train_images,
+        val_images,
+        image_size=(input_size[0], input_size[1]),
+        max_people=RECIPE_MAX_PEOPLE,
+        min_height=RECIPE_MIN_HEIGHT,
+        seed=0,
+    )
 
 
 def quickstart(output: Path, train_images: int, val_images: int, epochs: int | None, drawings: int = 4) -> Path:
@@ -34,7 +50,7 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
     flags = ["--config", str(RECIPE), "--data", str(data), "--output-dir", str(output / "train")]
     config = parse_config([*flags, *(["--epochs", str(epochs)] if epochs else [])])
     logger.info("1/4 generating %d + %d synthetic images in %s", train_images, val_images, data)
-    generate_splits(data, train_images, val_images, image_size=(config.input_size[0], config.input_size[1]), seed=0)
+    synthesise_for_recipe(data, train_images, val_images, config.input_size)
     timings["data"] = time.perf_counter() - started
 
     logger.info("2/4 training the small recipe (%d epochs) into %s", config.epochs, config.output_dir)

@@ -13,19 +13,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from poet.data.synthetic import generate_splits
+from poet.benchmarks.quickstart import RECIPE, synthesise_for_recipe
 from poet.evaluation import format_table
 from poet.runner import evaluate_model
 from poet.train.config import parse_config
 from poet.train.engine import Trainer
 
-RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "synthetic-small.yaml"
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs/bench-synthetic"), help="data and run folder")
-    parser.add_argument("--train-images", type=int, default=3000, help="synthetic training images (default: 3000)")
+    parser.add_argument("--train-images", type=int, default=6000, help="synthetic training images (default: 6000)")
     parser.add_argument("--val-images", type=int, default=200, help="held-out synthetic images (default: 200)")
     parser.add_argument("--recipe", type=Path, default=RECIPE, help="training config (default: the small recipe)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
@@ -35,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = args.output / "data"
     flags = ["--config", str(args.recipe), "--data", str(data), "--output-dir", str(args.output / "run")]
     config = parse_config([*flags, *(["--epochs", str(args.epochs)] if args.epochs else [])])
-    generate_splits(data, args.train_images, args.val_images, image_size=tuple(config.input_size), seed=0)
+    synthesise_for_recipe(data, args.train_images, args.val_images, config.input_size)
     generated = time.perf_counter()
     trainer = Trainer(config)
     trainer.fit()

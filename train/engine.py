@@ -205,7 +205,9 @@ class Trainer:
         train_paths = _coco_split(config, config.train_split, config.train_annotations, config.train_images)
         if train_paths is None:
             raise DatasetError("no training data: give --data COCO_ROOT or --train-annotations and --train-images")
-        self.val_paths = _coco_split(config, config.val_split, config.val_annotations, config.val_images)
+        self.val_paths = None
+        if config.eval_every > 0:
+            self.val_paths = _coco_split(config, config.val_split, config.val_annotations, config.val_images)
         if self.val_paths and not self.val_paths[0].is_file():
             logger.warning("no validation annotations at %s: OKS AP will not be measured", self.val_paths[0])
             self.val_paths = None
