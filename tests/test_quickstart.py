@@ -7,7 +7,8 @@ from poet.cli import main
 
 def test_quickstart_writes_report_checkpoint_and_drawings(tmp_path, capsys):
     output = tmp_path / "quick"
-    assert main(["quickstart", "--output", str(output), "--train-images", "8", "--val-images", "3", "--epochs", "1"]) == 0
+    arguments = ["quickstart", "--output", str(output), "--train-images", "8", "--val-images", "3", "--epochs", "1"]
+    assert main(arguments) == 0
     report = (output / "report.md").read_text()
     assert "| AP | AP50 |" in report and "## Time per stage" in report
     assert (output / "train" / "checkpoint.pth").is_file() and (output / "train" / "metrics.csv").is_file()
