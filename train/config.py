@@ -106,6 +106,43 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+HELP = {
+    "data": "COCO-layout root holding annotations/ and the split image folders",
+    "train_split": "training split name under --data",
+    "val_split": "validation split name under --data",
+    "train_annotations": "training person_keypoints JSON (overrides --data)",
+    "train_images": "training image folder (overrides --data)",
+    "val_annotations": "validation person_keypoints JSON (overrides --data)",
+    "val_images": "validation image folder (overrides --data)",
+    "input_size": "letterbox height and width the model is trained and exported at",
+    "backbone": "resnet18, resnet34, resnet50, resnet101 or resnet152",
+    "frozen_batchnorm": "the authors' frozen batch norm; --no-frozen-batchnorm trains BN (from scratch)",
+    "dilation4": "dilate layer3 (and layer4): output stride 8",
+    "dilation5": "dilate layer4 (DC5): output stride 16",
+    "position_embedding": "sine or learned",
+    "num_queries": "person slots per image (the released POET-R50 uses 25)",
+    "aux_loss": "losses on every decoder layer",
+    "backbone_weights": "local torchvision ImageNet ResNet weights (.pth); nothing is downloaded",
+    "finetune": "start from this checkpoint's weights and architecture (ours or the authors')",
+    "resume": "continue this run's checkpoint.pth exactly (weights, optimizer, schedule, RNG)",
+    "lr": "learning rate of the transformer and heads",
+    "lr_backbone": "learning rate of the backbone; 0 freezes it",
+    "lr_drops": "epochs after which the learning rate is multiplied by --lr-gamma",
+    "clip_max_norm": "gradient-norm clipping (0 disables)",
+    "amp": "mixed precision on CUDA (ignored on CPU)",
+    "eos_coef": "class weight of 'no object' in the cross-entropy",
+    "flip_prob": "probability of a horizontal flip",
+    "crop_prob": "probability of a random crop",
+    "min_scale": "smallest multi-scale letterbox, as a fraction of --input-size",
+    "output_dir": "checkpoint.pth, best.pth, metrics.csv and tensorboard/ go here",
+    "eval_every": "epochs between OKS AP evaluations (0: never)",
+    "eval_limit": "evaluate on the first N validation images only",
+    "device": "auto, cpu, cuda or cuda:N (torchrun sets the rank's GPU)",
+    "threads": "torch CPU threads",
+    "max_steps_per_epoch": "cut epochs short (smoke tests, benchmarks)",
+}
+
+
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
@@ -156,10 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         kind, is_list = _base_type(annotation)
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
+        text = f"{HELP[name]} (default: {default})" if name in HELP else f"(default: {default})"
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"(default: {default})")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
         else:
-            parser.add_argument(flag, type=kind, nargs="+" if is_list else None, help=f"(default: {default})")
+            parser.add_argument(flag, type=kind, nargs="+" if is_list else None, help=text)
     return parser
 
 
