@@ -57,14 +57,10 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class Letterbox:
-    """Where an original image sits in the model input: scaled by ``scale``, top-left aligned."""
+    """Where an original image sits in the model input: resized to ``resized_size``, top-left aligned."""
 
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
-
-    @property
-    def scale(self) -> float:
-        return self.resized_size[0] / self.original_size[0]
 
 
 def fit_size(original_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int]:
