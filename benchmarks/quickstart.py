@@ -14,7 +14,7 @@ from pathlib import Path
 from poet.checkpoint import load_model
 from poet.data.synthetic import generate_splits
 from poet.drawing import draw_poses, save_image
-from poet.evaluation import format_table
+from poet.evaluation import coco_split_paths, format_table
 from poet.fileio import atomic_path
 from poet.images import list_images, read_image
 from poet.predictor import Predictor
@@ -60,14 +60,14 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
     logger.info("3/4 evaluating on the held-out split")
     checkpoint = Path(config.output_dir) / "checkpoint.pth"
     model = load_model(checkpoint)
-    val_annotations = data / "annotations" / "person_keypoints_val2017.json"
-    stats = evaluate_model(model, val_annotations, data / "val2017")
+    val_annotations, val_dir = coco_split_paths(data, "val2017")
+    stats = evaluate_model(model, val_annotations, val_dir)
     timings["evaluation"] = time.perf_counter() - started - sum(timings.values())
 
     logger.info("4/4 drawing poses on %d held-out images", drawings)
     predictor = Predictor(model, score_threshold=0.5)
     pictures = []
-    for path in list_images(data / "val2017")[:drawings]:
+    for path in list_images(val_dir)[:drawings]:
         image = read_image(path)
         target = output / "poses" / f"{path.stem}.png"
         save_image(target, draw_poses(image, predictor.predict_arrays([image])[0]))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from poet.benchmarks.quickstart import RECIPE, synthesise_for_recipe
-from poet.evaluation import format_table
+from poet.evaluation import coco_split_paths, format_table
 from poet.runner import evaluate_model
 from poet.train.config import parse_config
 from poet.train.engine import Trainer
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     trainer = Trainer(config)
     trainer.fit()
     trained = time.perf_counter()
-    stats = evaluate_model(trainer.model, data / "annotations" / "person_keypoints_val2017.json", data / "val2017")
+    stats = evaluate_model(trainer.model, *coco_split_paths(data, "val2017"))
     print(format_table(stats, f"held-out synthetic people ({args.val_images} images)"))
     print(
         f"data {generated - started:.0f} s, training {trained - generated:.0f} s "

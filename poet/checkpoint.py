@@ -24,7 +24,7 @@ import torch
 
 from poet.errors import CheckpointError
 from poet.fileio import atomic_path
-from poet.model.config import RESNET_NAMES, PoetConfig
+from poet.model.config import PoetConfig
 from poet.model.poet import POET
 from poet.processing import PreprocessConfig
 
@@ -32,11 +32,13 @@ FORMAT_NAME = "poet-edge"
 FORMAT_VERSION = 1
 # The authors evaluate at short side 800; a square 800 canvas holds any aspect ratio at that scale or below.
 AUTHORS_PREPROCESS = PreprocessConfig(input_size=(800, 800))
-_BLOCKS_PER_STAGE: dict[tuple[int, ...], str] = {
-    (2, 2, 2, 2): "resnet18",
-    (3, 4, 6, 3): "resnet50",
-    (3, 4, 23, 3): "resnet101",
-    (3, 8, 36, 3): "resnet152",
+# (blocks per stage, bottleneck blocks) -> torchvision ResNet name.
+_RESNETS: dict[tuple[tuple[int, ...], bool], str] = {
+    ((2, 2, 2, 2), False): "resnet18",
+    ((3, 4, 6, 3), False): "resnet34",
+    ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101",
+    ((3, 8, 36, 3), True): "resnet152",
 }
 
 
@@ -84,12 +86,8 @@ def config_from_state_dict(state: dict[str, torch.Tensor], hints: dict[str, Any]
     except KeyError as missing:
         raise CheckpointError(f"state dict has no {missing} tensor: not a POET model") from None
     blocks = tuple(_count_layers(state, f"backbone.0.body.layer{stage}.") for stage in range(1, 5))
-    backbone = _BLOCKS_PER_STAGE.get(blocks)
-    if backbone == "resnet18" and "backbone.0.body.layer1.0.conv3.weight" in state:
-        raise CheckpointError(f"unrecognised ResNet with {blocks} blocks per stage")
-    if blocks == (3, 4, 6, 3) and "backbone.0.body.layer1.0.conv3.weight" not in state:
-        backbone = "resnet34"
-    if backbone is None or backbone not in RESNET_NAMES:
+    backbone = _RESNETS.get((blocks, "backbone.0.body.layer1.0.conv3.weight" in state))
+    if backbone is None:
         raise CheckpointError(f"unrecognised ResNet backbone with {blocks} blocks per stage")
     derived = {
         "backbone": backbone,

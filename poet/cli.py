@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from poet.errors import DatasetError, PoetError
+from poet.evaluation import coco_split_paths
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
@@ -35,8 +36,9 @@ def coco_paths(data: Path | None, split: str, annotations: Path | None, images: 
     if annotations is None or images is None:
         if data is None:
             raise DatasetError("give --data COCO_ROOT, or both --annotations FILE and --images DIR")
-        annotations = annotations or data / "annotations" / f"person_keypoints_{split}.json"
-        images = images or data / split
+        default_annotations, default_images = coco_split_paths(data, split)
+        annotations = annotations or default_annotations
+        images = images or default_images
     if not images.is_dir():
         raise DatasetError(f"image folder {images} not found")
     return annotations, images

@@ -24,6 +24,12 @@ _REQUIRED_ANNOTATION_FIELDS = ("image_id", "category_id", "keypoints", "bbox")
 _REQUIRED_IMAGE_FIELDS = ("id", "file_name", "width", "height")
 
 
+def coco_split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
+    """COCO's own layout: ``root/annotations/person_keypoints_<split>.json`` and the images in ``root/<split>``."""
+    root = Path(root)
+    return root / "annotations" / f"person_keypoints_{split}.json", root / split
+
+
 def _check_items(items: Any, key: str, fields: Sequence[str], path: Path) -> None:
     if not isinstance(items, list):
         raise DatasetError(f"{path}: '{key}' must be a list, got {type(items).__name__}")

@@ -73,6 +73,13 @@ def fit_size(original_size: tuple[int, int], input_size: tuple[int, int]) -> tup
     )
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize to ``size`` (height, width); the same call for training, evaluation and runtime."""
+    if image.shape[:2] == size:
+        return image
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float], bgr: bool = True) -> np.ndarray:
     """uint8 HxWx3 image -> float32 3xHxW RGB tensor, ``(pixel / 255 - mean) / std`` per channel."""
     if bgr:
@@ -109,10 +116,7 @@ def preprocess(
     for image in images:
         original = (int(image.shape[0]), int(image.shape[1]))
         resized_size = fit_size(original, config.input_size)
-        resized = image
-        if resized_size != original:
-            resized = cv2.resize(image, (resized_size[1], resized_size[0]), interpolation=cv2.INTER_LINEAR)
-        tensors.append(normalize(resized, config.mean, config.std, bgr=bgr))
+        tensors.append(normalize(resize_image(image, resized_size), config.mean, config.std, bgr=bgr))
         boxes.append(Letterbox(original_size=original, resized_size=resized_size))
     batch, mask = pad_batch(tensors, config.input_size)
     return batch, mask, boxes

@@ -35,6 +35,7 @@ from poet.criterion import SetCriterion
 from poet.data.coco import Batch, CocoKeypoints, collate
 from poet.data.transforms import TrainTransform
 from poet.errors import DatasetError, PoetError
+from poet.evaluation import coco_split_paths
 from poet.fileio import atomic_path
 from poet.matcher import HungarianMatcher
 from poet.model import POET, load_backbone_weights
@@ -126,23 +127,22 @@ def _coco_split(
         return Path(annotations), Path(images)
     if config.data is None:
         return None
-    root = Path(config.data)
-    return Path(annotations or root / "annotations" / f"person_keypoints_{split}.json"), Path(images or root / split)
+    default_annotations, default_images = coco_split_paths(config.data, split)
+    return Path(annotations or default_annotations), Path(images or default_images)
 
 
 def build_model_for_training(config: TrainConfig) -> POET:
     """A new model, optionally with local ImageNet backbone weights, or one started from ``--finetune``."""
-    model = POET(config.model_config(), config.preprocess())
     if config.finetune:
         source = read_checkpoint(config.finetune)
-        if source.config.replace(dropout=config.dropout, train_backbone=model.config.train_backbone) != model.config:
-            logger.info("fine-tuning keeps the architecture of %s: %s", config.finetune, source.config)
-            model = POET(
-                source.config.replace(dropout=config.dropout, train_backbone=config.lr_backbone > 0),
-                config.preprocess(),
-            )
+        architecture = source.config.replace(dropout=config.dropout, train_backbone=config.lr_backbone > 0)
+        if architecture != config.model_config():
+            logger.info("fine-tuning keeps the architecture of %s: %s", config.finetune, architecture)
+        model = POET(architecture, config.preprocess())
         model.load_state_dict(source.state_dict)
-    elif config.backbone_weights:
+        return model
+    model = POET(config.model_config(), config.preprocess())
+    if config.backbone_weights:
         load_backbone_weights(model.backbone.body, config.backbone_weights)
     return model
 
@@ -344,10 +344,13 @@ class Trainer:
         losses = self.criterion(outputs, batch.targets)
         total = self.criterion.weighted_total(losses)
         stats.seconds["matching_and_loss"] += timer.lap()
-        value = float(total.detach())
+        # The final layer's terms and the total, copied to the host in one transfer (one sync on a GPU).
+        names = [name for name in losses if not name[-1].isdigit()]
+        logged = torch.stack([total.detach(), *(losses[name].detach() for name in names)]).tolist()
+        value, terms = logged[0], dict(zip(names, logged[1:], strict=True))
         if not math.isfinite(value):
-            terms = {k: round(float(v), 4) for k, v in losses.items() if "_" in k and k[-1].isalpha()}
-            raise PoetError(f"training loss became {value}; terms: {terms}. Lower --lr or check the data")
+            shown = {name: round(term, 4) for name, term in terms.items()}
+            raise PoetError(f"training loss became {value}; terms: {shown}. Lower --lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
@@ -357,9 +360,8 @@ class Trainer:
         self.scaler.update()
         stats.seconds["backward_and_step"] += timer.lap()
         stats.sums["loss"] += value
-        for name, term in losses.items():
-            if not name[-1].isdigit():
-                stats.sums[name] += float(term.detach())
+        for name, term in terms.items():
+            stats.sums[name] += term
         return value
 
     def evaluate(self) -> dict[str, float] | None:

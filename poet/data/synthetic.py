@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from poet.evaluation import coco_split_paths
 from poet.fileio import atomic_path, write_json
 from poet.skeleton import KEYPOINT_NAMES, SKELETON
 
@@ -550,7 +551,7 @@ def generate_dataset(
     if not 0.05 <= min_height <= MAX_PERSON_HEIGHT:
         raise ValueError(f"min_height must be between 0.05 and {MAX_PERSON_HEIGHT} of the image height")
     out_dir = Path(out_dir)
-    image_dir = out_dir / split
+    annotation_path, image_dir = coco_split_paths(out_dir, split)
     image_dir.mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -592,7 +593,6 @@ def generate_dataset(
         "annotations": annotations,
         "categories": _categories(),
     }
-    annotation_path = out_dir / "annotations" / f"person_keypoints_{split}.json"
     write_json(annotation_path, dataset)
     return annotation_path
 

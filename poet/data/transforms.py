@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from poet.processing import fit_size
+from poet.processing import fit_size, resize_image
 from poet.skeleton import flip_permutation
 
 _FLIP_ORDER = flip_permutation()
@@ -34,7 +33,7 @@ def resize(image: np.ndarray, people: np.ndarray, size: tuple[int, int]) -> tupl
     height, width = image.shape[:2]
     if (height, width) == size:
         return image, people
-    resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    resized = resize_image(image, size)
     scaled = people.copy()
     scaled[..., 0] *= size[1] / width
     scaled[..., 1] *= size[0] / height
