@@ -26,6 +26,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
+_MODEL_DEFAULTS = PoetConfig()
+
+
 @dataclass
 class TrainConfig:
     # Data: a COCO-layout root, or explicit annotation files and image folders.
@@ -36,22 +39,22 @@ class TrainConfig:
     train_images: str | None = None
     val_annotations: str | None = None
     val_images: str | None = None
-    input_size: list[int] = field(default_factory=lambda: [512, 512])
-    # Model (PoetConfig fields).
-    backbone: str = "resnet50"
-    frozen_batchnorm: bool = True
-    dilation4: bool = False
-    dilation5: bool = False
-    position_embedding: str = "sine"
-    hidden_dim: int = 256
-    nheads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    pre_norm: bool = False
-    num_queries: int = 50
-    aux_loss: bool = True
+    input_size: list[int] = field(default_factory=lambda: list(PreprocessConfig().input_size))
+    # Model: the PoetConfig fields, with its defaults (one source, so the two cannot drift apart).
+    backbone: str = _MODEL_DEFAULTS.backbone
+    frozen_batchnorm: bool = _MODEL_DEFAULTS.frozen_batchnorm
+    dilation4: bool = _MODEL_DEFAULTS.dilation4
+    dilation5: bool = _MODEL_DEFAULTS.dilation5
+    position_embedding: str = _MODEL_DEFAULTS.position_embedding
+    hidden_dim: int = _MODEL_DEFAULTS.hidden_dim
+    nheads: int = _MODEL_DEFAULTS.nheads
+    enc_layers: int = _MODEL_DEFAULTS.enc_layers
+    dec_layers: int = _MODEL_DEFAULTS.dec_layers
+    dim_feedforward: int = _MODEL_DEFAULTS.dim_feedforward
+    dropout: float = _MODEL_DEFAULTS.dropout
+    pre_norm: bool = _MODEL_DEFAULTS.pre_norm
+    num_queries: int = _MODEL_DEFAULTS.num_queries
+    aux_loss: bool = _MODEL_DEFAULTS.aux_loss
     backbone_weights: str | None = None
     finetune: str | None = None
     resume: str | None = None
