@@ -1,0 +1,124 @@
+"""What a deployed POET model needs in order to be run, stored with the model itself.
+
+The exporter writes it into the ONNX file (metadata key :data:`METADATA_KEY`) and ``poet-build-engine``
+into the engine's JSON sidecar; the runtime reads it back, so preprocessing comes from the model and
+never from the runtime's own defaults. Torch-free: the runtime imports it.
+
+Tensor contract of every exported model:
+
+* input ``images``: ``float32 [B,3,H,W]`` RGB normalised as :func:`poet.processing.preprocess` makes it
+  (``input_format == FLOAT_NCHW``), or ``uint8 [B,H,W,3]`` BGR letterboxed pixels with normalisation in
+  the graph (``input_format == UINT8_NHWC``); padding is top-left letterbox, bottom/right.
+* input ``mask``: ``bool [B,H,W]``, True on padding, exactly :func:`poet.processing.pad_batch`'s mask.
+* outputs, raw (``decoded == False``): ``pred_logits float32 [B,Q,3]``, ``pred_kpts float32 [B,Q,53]``.
+* outputs, decoded in the graph (``decoded == True``): ``scores float32 [B,Q]`` (person score, 0 for
+  queries not labelled person) and ``keypoints float32 [B,Q,17,3]``: x, y in input pixels of the
+  letterboxed image, then the visibility score.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from poet.processing import PreprocessConfig
+
+METADATA_KEY = "poet_edge"
+FORMAT_VERSION = 1
+
+IMAGES = "images"
+MASK = "mask"
+RAW_OUTPUTS = ("pred_logits", "pred_kpts")
+DECODED_OUTPUTS = ("scores", "keypoints")
+
+FLOAT_NCHW = "float32-nchw-rgb"
+UINT8_NHWC = "uint8-nhwc-bgr"
+INPUT_FORMATS = (FLOAT_NCHW, UINT8_NHWC)
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_TARGETS = ("tensorrt", "cpu")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Preprocessing, tensor layout and provenance of one exported POET model or engine.
+
+    ``batch`` is the fixed batch size, or None for a dynamic batch of at most ``max_batch``.
+    ``target`` says which INT8 layout an int8 model has (None for fp32/fp16). ``float_ops`` lists
+    the op types kept in FP32 by a reduced-precision variant; ``extra`` holds free-form provenance
+    (source checkpoint and its sha256, calibration summary, TensorRT version and GPU for engines).
+    """
+
+    preprocess: PreprocessConfig
+    num_queries: int
+    input_format: str = FLOAT_NCHW
+    batch: int | None = 1
+    max_batch: int = 1
+    precision: str = "fp32"
+    target: str | None = None
+    decoded: bool = False
+    float_ops: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.target is not None and self.target not in INT8_TARGETS:
+            raise ValueError(f"target must be one of {INT8_TARGETS} or None, got {self.target!r}")
+        if (self.batch is not None and self.batch < 1) or self.max_batch < 1:
+            raise ValueError(f"batch and max_batch must be at least 1, got {self.batch}, {self.max_batch}")
+
+    @property
+    def output_names(self) -> tuple[str, str]:
+        return DECODED_OUTPUTS if self.decoded else RAW_OUTPUTS
+
+    def replace(self, **changes: Any) -> ModelInfo:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "preprocess": self.preprocess.to_dict(),
+            "num_queries": self.num_queries,
+            "input_format": self.input_format,
+            "inputs": [IMAGES, MASK],
+            "outputs": list(self.output_names),
+            "batch": self.batch,
+            "max_batch": self.max_batch,
+            "precision": self.precision,
+            "target": self.target,
+            "decoded": self.decoded,
+            "float_ops": list(self.float_ops),
+            "extra": self.extra,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` naming the first missing or bad field."""
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"model info format_version {version!r} is not the supported {FORMAT_VERSION}")
+        try:
+            return cls(
+                preprocess=PreprocessConfig.from_dict(data["preprocess"]),
+                num_queries=int(data["num_queries"]),
+                input_format=str(data["input_format"]),
+                batch=None if data["batch"] is None else int(data["batch"]),
+                max_batch=int(data["max_batch"]),
+                precision=str(data["precision"]),
+                target=data.get("target"),
+                decoded=bool(data["decoded"]),
+                float_ops=tuple(str(op) for op in data.get("float_ops", ())),
+                extra=dict(data.get("extra", {})),
+            )
+        except KeyError as error:
+            raise ValueError(f"model info lacks the field {error.args[0]!r}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelInfo:
+        return cls.from_dict(json.loads(text))
