@@ -17,3 +17,7 @@ class ImageError(PoetError):
 
 class DatasetError(PoetError):
     """A COCO annotation file or image folder that lacks what POET needs."""
+
+
+class ModelError(PoetError):
+    """A deployed model (ONNX file or TensorRT engine) that is missing, unreadable, or not a poet-edge model."""

@@ -10,6 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# mkstemp makes files owner-only; outputs get what a plain open() would give: 0666 less the umask (read once,
+# at import, because reading it means setting it and threads may be creating files meanwhile).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -23,6 +29,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(_FILE_MODE)
     try:
         yield tmp
         with open(tmp, "rb") as handle:

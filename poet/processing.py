@@ -122,6 +122,46 @@ def preprocess(
     return batch, mask, boxes
 
 
+def letterbox_batch(
+    images: Sequence[np.ndarray],
+    input_size: tuple[int, int],
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[Letterbox]]:
+    """Letterbox uint8 HxWx3 images into a uint8 ``[B,H,W,3]`` batch (channels untouched) and its mask.
+
+    The same resize and top-left placement as :func:`preprocess`, without normalisation: models with
+    ``uint8-nhwc-bgr`` input normalise in the graph, which saves the runtime most of its per-frame
+    cost. ``normalize`` of the result equals :func:`preprocess` wherever the mask is False; padding
+    is zero. ``out`` is a ``(batch, mask)`` pair from an earlier call, reused so video frames allocate
+    nothing; it must have the batch's shape.
+    """
+    height, width = input_size
+    shape = (len(images), height, width, 3)
+    if out is None:
+        batch, mask = np.empty(shape, dtype=np.uint8), np.empty(shape[:3], dtype=bool)
+    else:
+        batch, mask = out
+        if batch.shape != shape or batch.dtype != np.uint8 or mask.shape != shape[:3] or mask.dtype != bool:
+            raise ValueError(f"out must be uint8 {shape} and bool {shape[:3]}, got {batch.shape}, {mask.shape}")
+    boxes = []
+    for index, image in enumerate(images):
+        original = (int(image.shape[0]), int(image.shape[1]))
+        resized_h, resized_w = fit_size(original, input_size)
+        target = batch[index, :resized_h, :resized_w]
+        if original == (resized_h, resized_w):
+            target[...] = image
+        elif target.flags.c_contiguous:
+            cv2.resize(image, (resized_w, resized_h), dst=target, interpolation=cv2.INTER_LINEAR)
+        else:
+            target[...] = resize_image(image, (resized_h, resized_w))
+        batch[index, resized_h:] = 0
+        batch[index, :resized_h, resized_w:] = 0
+        mask[index] = True
+        mask[index, :resized_h, :resized_w] = False
+        boxes.append(Letterbox(original_size=original, resized_size=(resized_h, resized_w)))
+    return batch, mask, boxes
+
+
 @dataclass
 class Pose:
     """One person: ``keypoints`` (17, 3) as x, y in original-image pixels and a per-keypoint score."""
@@ -187,10 +227,17 @@ def encode_keypoints(keypoints: np.ndarray, image_size: tuple[int, int]) -> np.n
 
 def keypoint_box(keypoints: np.ndarray, min_score: float = 0.5) -> np.ndarray:
     """x0, y0, x1, y1 around the keypoints scored at least ``min_score`` (all of them if none is)."""
-    chosen = keypoints[keypoints[:, 2] >= min_score]
-    if len(chosen) == 0:
-        chosen = keypoints
-    return np.array([*chosen[:, :2].min(axis=0), *chosen[:, :2].max(axis=0)], dtype=np.float64)
+    return keypoint_boxes(keypoints[None], min_score)[0]
+
+
+def keypoint_boxes(keypoints: np.ndarray, min_score: float = 0.5) -> np.ndarray:
+    """:func:`keypoint_box` of every pose in ``(N, 17, 3)`` at once -> ``(N, 4)``; one numpy pass for a crowd."""
+    chosen = keypoints[..., 2] >= min_score
+    chosen |= ~chosen.any(axis=-1, keepdims=True)
+    xy = keypoints[..., :2].astype(np.float64)
+    low = np.where(chosen[..., None], xy, np.inf).min(axis=-2)
+    high = np.where(chosen[..., None], xy, -np.inf).max(axis=-2)
+    return np.concatenate([low, high], axis=-1)
 
 
 def decode_poses(
@@ -206,13 +253,40 @@ def decode_poses(
     was given the padding mask (our predictor, export and runtime all do). Poses come sorted by score.
     """
     scores, labels = person_scores(pred_logits)
-    keep = np.flatnonzero((labels == PERSON_CLASS) & (scores >= score_threshold))
-    keep = keep[np.argsort(-scores[keep], kind="stable")]
-    if max_people is not None:
-        keep = keep[:max_people]
+    keep = _ranked_queries(scores, (labels == PERSON_CLASS) & (scores >= score_threshold), max_people)
     keypoints = decode_keypoints(pred_kpts[keep])
     keypoints[..., 0] *= image_size[1]
     keypoints[..., 1] *= image_size[0]
+    boxes = keypoint_boxes(keypoints)
     return [
-        Pose(keypoints=kp, score=float(scores[q]), box=keypoint_box(kp)) for q, kp in zip(keep, keypoints, strict=True)
+        Pose(keypoints=kp, score=float(scores[q]), box=box) for q, kp, box in zip(keep, keypoints, boxes, strict=True)
     ]
+
+
+def decoded_poses(
+    scores: np.ndarray,
+    keypoints: np.ndarray,
+    letterbox: Letterbox,
+    score_threshold: float = 0.0,
+    max_people: int | None = None,
+) -> list[Pose]:
+    """One image's outputs of a model that decodes in the graph -> poses in original-image pixels.
+
+    ``scores`` ``[Q]`` is the person score (0 for queries not labelled person) and ``keypoints``
+    ``[Q,17,3]`` has x, y in pixels of the letterboxed input, so only the resize is undone here;
+    selection and ordering are those of :func:`decode_poses`.
+    """
+    scores = scores.astype(np.float64)
+    keep = _ranked_queries(scores, (scores > 0) & (scores >= score_threshold), max_people)
+    chosen = keypoints[keep].astype(np.float64)
+    chosen[..., 0] *= letterbox.original_size[1] / letterbox.resized_size[1]
+    chosen[..., 1] *= letterbox.original_size[0] / letterbox.resized_size[0]
+    boxes = keypoint_boxes(chosen)
+    return [Pose(keypoints=kp, score=float(scores[q]), box=box) for q, kp, box in zip(keep, chosen, boxes, strict=True)]
+
+
+def _ranked_queries(scores: np.ndarray, candidates: np.ndarray, max_people: int | None) -> np.ndarray:
+    """Indices of the candidate queries, best score first (ties keep query order), at most ``max_people``."""
+    keep = np.flatnonzero(candidates)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    return keep if max_people is None else keep[:max_people]

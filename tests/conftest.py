@@ -55,3 +55,20 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_config) -> Pa
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     save_checkpoint(path, model)
     return path
+
+
+@pytest.fixture(scope="session")
+def runtime_models(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> dict[str, Path]:
+    """``tiny_checkpoint`` exported for the runtime in its two layouts.
+
+    ``uint8``: uint8 BGR input (normalisation in the graph), raw outputs, fixed batch of 2;
+    ``float``: float32 RGB input, decoding in the graph, dynamic batch of at most 4.
+    """
+    from poet.optimize.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("onnx")
+    # The runtime tests compare these models with the torch predictor, so the exporter's own check is skipped.
+    options = {"verify": False, "progress": False}
+    uint8 = export_onnx(tiny_checkpoint, folder / "tiny_uint8.onnx", uint8_input=True, batch=2, **options)
+    decoded = export_onnx(tiny_checkpoint, folder / "tiny_float.onnx", decode=True, batch=None, max_batch=4, **options)
+    return {"uint8": uint8.path, "float": decoded.path}

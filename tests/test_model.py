@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 
+import pytest
 import torch
 
 from poet.model import PoetConfig, build_model
@@ -46,6 +47,26 @@ def test_tiny_model_trains_forward_and_backward_on_cpu(tiny_config):
             assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all("layer1" in n or "conv1" in n or ".bn1" in n or "body.bn1" in n for n in frozen)
+
+
+@pytest.mark.parametrize(("backbone", "width"), [("resnet18", 83), ("resnet50", 128 - 40), ("resnet18", 128)])
+def test_letterboxed_image_gives_the_unpadded_images_outputs(tiny_config, backbone, width):
+    """Export and runtime letterbox every photograph: with the mask, padding must not change a thing."""
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, 96, width)
+    letterboxed = torch.zeros(1, 3, 96, 160)
+    letterboxed[..., :width] = image
+    mask = torch.ones(1, 96, 160, dtype=torch.bool)
+    mask[..., :width] = False
+    for invariant in (True, False):
+        model = build_model(tiny_config.replace(backbone=backbone, padding_invariant=invariant)).eval()
+        with torch.inference_mode():
+            alone, padded = model(image), model(letterboxed, mask)
+        difference = max((alone[k] - padded[k]).abs().max().item() for k in ("pred_logits", "pred_kpts"))
+        if invariant:
+            assert difference < 1e-5
+        else:  # the authors' model: padding leaks through the ResNet's 3x3 convolutions
+            assert difference > 1e-3
 
 
 def test_frozen_backbone_when_not_training_it(tiny_config):

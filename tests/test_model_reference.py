@@ -41,9 +41,11 @@ SMALL_CONFIG = PoetConfig(
     dec_layers=3,
     dim_feedforward=128,
     num_queries=7,
+    padding_invariant=False,
 )
-# The released POET-R50: the authors' defaults with 25 queries (facts section 6).
-R50_CONFIG = PoetConfig(num_queries=25)
+# The released POET-R50: the authors' defaults with 25 queries (facts section 6). padding_invariant=False is
+# the authors' model exactly; tests/test_model.py checks what the default (True) changes: only padded inputs.
+R50_CONFIG = PoetConfig(num_queries=25, padding_invariant=False)
 
 BODY_PREFIX = "backbone.0.body."
 BN_EPS = 1e-5

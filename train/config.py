@@ -43,6 +43,7 @@ class TrainConfig:
     # Model: the PoetConfig fields, with its defaults (one source, so the two cannot drift apart).
     backbone: str = _MODEL_DEFAULTS.backbone
     frozen_batchnorm: bool = _MODEL_DEFAULTS.frozen_batchnorm
+    padding_invariant: bool = _MODEL_DEFAULTS.padding_invariant
     dilation4: bool = _MODEL_DEFAULTS.dilation4
     dilation5: bool = _MODEL_DEFAULTS.dilation5
     position_embedding: str = _MODEL_DEFAULTS.position_embedding
@@ -120,6 +121,8 @@ HELP = {
     "input_size": "letterbox height and width the model is trained and exported at",
     "backbone": "resnet18, resnet34, resnet50, resnet101 or resnet152",
     "frozen_batchnorm": "the authors' frozen batch norm; --no-frozen-batchnorm trains BN (from scratch)",
+    "padding_invariant": "zero the letterbox padding inside the ResNet (poses independent of padding); "
+    "--no-padding-invariant is the authors' model exactly",
     "dilation4": "dilate layer3 (and layer4): output stride 8",
     "dilation5": "dilate layer4 (DC5): output stride 16",
     "position_embedding": "sine or learned",

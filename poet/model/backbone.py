@@ -36,8 +36,45 @@ class ResNetBody(nn.Module):
             in_trained_stage = not config.frozen_batchnorm or any(stage in name for stage in TRAINABLE_STAGES)
             parameter.requires_grad_(config.train_backbone and in_trained_stage)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images)["0"]
+        self.padding_invariant = config.padding_invariant
+        self._valid: dict[tuple[int, int], torch.Tensor] = {}
+        if config.padding_invariant:
+            for module in self.body.modules():
+                spatial = isinstance(module, nn.MaxPool2d) or (
+                    isinstance(module, nn.Conv2d) and max(module.kernel_size) > 1
+                )
+                if spatial:
+                    module.register_forward_pre_hook(self._zero_padding)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` [B,H,W] True on padding; with it and ``padding_invariant`` the padding cannot leak in."""
+        if mask is not None and self.padding_invariant:
+            self._valid = {(int(mask.shape[-2]), int(mask.shape[-1])): (~mask)[:, None].to(images.dtype)}
+        try:
+            return self.body(images)["0"]
+        finally:
+            self._valid = {}
+
+    def _zero_padding(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        """Zero what lies on padding in a convolution's or pooling's input, as if the image ended there.
+
+        Post-ReLU inputs are non-negative, so a zero costs max-pooling nothing either. A stride-2 layer
+        keeps cell i from pixel 2i, so the valid cells at each resolution are the mask sliced ``[::2]``
+        (ceil(h/2) of them, exactly the unpadded map's size).
+        """
+        if not self._valid:
+            return None
+        inputs = args[0]
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        if size not in self._valid:
+            # Layers run from fine to coarse, so the smallest map cached so far is the one to slice on from.
+            valid = min(self._valid.values(), key=lambda tensor: tensor.shape[-1])
+            while tuple(valid.shape[-2:]) != size:
+                if valid.shape[-2] < size[0] or valid.shape[-1] < size[1]:
+                    raise RuntimeError(f"no stride-2 chain leads from the mask to a {size} feature map")
+                valid = valid[..., ::2, ::2]
+            self._valid[size] = valid
+        return (inputs * self._valid[size], *args[1:])
 
 
 def load_backbone_weights(body: ResNetBody, path: str | Path) -> None:

@@ -20,6 +20,11 @@ class PoetConfig:
     # False swaps the authors' frozen batch norm for trainable BatchNorm and trains the whole backbone:
     # the way to train from scratch when no ImageNet weights are at hand (e.g. the synthetic recipe).
     frozen_batchnorm: bool = True
+    # Zero the letterbox padding before every spatial convolution and pooling of the ResNet, so an image's
+    # features, and so its poses, are those of the unpadded image whatever the padding (export and runtime
+    # letterbox every photograph). False is the authors' model exactly, where padding leaks into the
+    # features near the image's right and bottom edges; the weights are the same either way.
+    padding_invariant: bool = True
     position_embedding: str = "sine"
     hidden_dim: int = 256
     nheads: int = 8

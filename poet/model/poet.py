@@ -39,7 +39,7 @@ class BackboneWithPosition(nn.ModuleList):
         return body
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.body(images)
+        features = self.body(images, mask)
         feature_mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]
         return features, feature_mask, self[1](feature_mask).to(features.dtype)
 

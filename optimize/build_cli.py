@@ -1,0 +1,131 @@
+"""``poet-build-engine``: checkpoint or ONNX -> precision ONNX -> strongly typed TensorRT engine + sidecar.
+
+The precision ONNX (FP16 casts or calibrated INT8 Q/DQ) is written beside the engine first, so a
+workstation without TensorRT still does the slow, portable part; it then says the one command that
+builds the engine on the target device from that ONNX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from poet.cli import run_cli
+from poet.errors import PoetError
+from poet.modelinfo import PRECISIONS
+from poet.runtime.compat import TensorRTUnavailable, build_command, require_tensorrt
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="poet-build-engine",
+        description="Build a TensorRT engine (with its JSON sidecar) from a POET checkpoint or poet-edge ONNX.",
+    )
+    parser.add_argument("model", type=Path, help="POET checkpoint (.pth) or poet-edge ONNX (from poet-export)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="engine file to write, e.g. model.engine")
+    precision = parser.add_mutually_exclusive_group(required=True)
+    for name in PRECISIONS:
+        precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=f"{name} engine")
+    calibration = parser.add_argument_group("INT8 calibration (when MODEL is not yet an INT8 ONNX)")
+    calibration.add_argument("--calib-images", type=Path, help="folder of calibration images")
+    calibration.add_argument("--calib-annotations", type=Path, help="COCO keypoints JSON selecting the images")
+    calibration.add_argument("--calib-count", type=int, default=512, help="calibration images (default: 512)")
+    calibration.add_argument(
+        "--calib-method", choices=("entropy", "max"), default="entropy", help="calibration method (default: entropy)"
+    )
+    parser.add_argument(
+        "--exclude", nargs="+", default=(), metavar="OP_OR_REGEX", help="op types or node names to keep in float"
+    )
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, help="fixed batch size (default: 1)")
+    batch.add_argument("--max-batch", type=int, help="dynamic batch from 1 up to this size")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input size of a checkpoint")
+    parser.add_argument("--workspace", type=float, metavar="GIB", help="builder workspace limit in GiB")
+    parser.add_argument("--timing-cache", type=Path, help="timing cache file, read if present and updated")
+    parser.add_argument("--dla-core", type=int, help="Jetson DLA core to run on (GPU fallback for the rest)")
+    parser.add_argument("--device", type=int, default=0, help="CUDA device (default: 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def precision_onnx(args: argparse.Namespace) -> Path:
+    """The ONNX to build from: MODEL itself when it already has the precision, else a variant beside the engine."""
+    from poet.optimize.engine import read_onnx_info
+
+    if args.model.suffix.lower() == ".onnx":
+        info = read_onnx_info(args.model)
+        if info.precision == args.precision:
+            if info.precision == "int8" and info.target != "tensorrt":
+                raise PoetError(f"{args.model} is INT8 for {info.target}; TensorRT needs an INT8 ONNX for tensorrt")
+            return args.model
+        if info.precision != "fp32":
+            raise PoetError(
+                f"{args.model} is a {info.precision} model; give the FP32 ONNX or the checkpoint "
+                f"for a {args.precision} engine"
+            )
+    from poet.optimize.precision import prepare_onnx
+
+    variant = prepare_onnx(
+        args.model,
+        args.output.parent,
+        args.precision,
+        target="tensorrt",
+        calib_images=args.calib_images,
+        calib_annotations=args.calib_annotations,
+        num_calib=args.calib_count,
+        calib_method=args.calib_method,
+        exclude=args.exclude,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        batch=None if args.max_batch else (args.batch or 1),
+        max_batch=args.max_batch or args.batch or 1,
+        progress=not args.no_progress,
+    )
+    log.info("precision ONNX written to %s", variant.path)
+    return variant.path
+
+
+def target_command(onnx: Path, args: argparse.Namespace) -> str:
+    """The command that builds this engine on a machine with TensorRT, from the ONNX made here."""
+    command = build_command(onnx, args.precision, args.output, args.max_batch)
+    if args.dla_core is not None:
+        command += f" --dla-core {args.dla_core}"
+    if args.workspace is not None:
+        command += f" --workspace {args.workspace:g}"
+    return command
+
+
+@run_cli
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    onnx = precision_onnx(args)
+    try:
+        require_tensorrt()
+    except TensorRTUnavailable:
+        raise PoetError(
+            f"TensorRT is needed for the engine and is not installed here; {onnx} is ready: on the target device run "
+            f"{target_command(onnx, args)}"
+        ) from None
+    from poet.optimize.engine import build_engine, read_onnx_info
+
+    fixed_batch = read_onnx_info(onnx).batch
+    if args.batch is not None and fixed_batch != args.batch:
+        raise PoetError(
+            f"{onnx} has batch {fixed_batch or 'dynamic'}, not {args.batch}: export it with --batch {args.batch}"
+        )
+    result = build_engine(
+        onnx,
+        args.output,
+        workspace_gib=args.workspace,
+        timing_cache=args.timing_cache,
+        dla_core=args.dla_core,
+        max_batch=args.max_batch,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    counts = ", ".join(f"{count} {precision}" for precision, count in result.layer_precisions.items())
+    print(f"wrote {result.engine_path} and {result.sidecar_path.name} ({result.build_seconds:.0f} s); layers: {counts}")
+    return 0

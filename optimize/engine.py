@@ -1,0 +1,349 @@
+"""Build a strongly typed TensorRT engine from a poet-edge precision ONNX, with its JSON sidecar.
+
+Precision lives in the ONNX (FP16 casts from mixed precision, INT8 Q/DQ from COCO calibration), so the
+network is created ``STRONGLY_TYPED``: TensorRT 11 removed the FP16/INT8 builder flags and calibrators,
+and TensorRT 10.3 (JetPack 6) honours the same flag. After the build the engine inspector counts the
+layers per precision, so a build that silently ran everything in FP32 is reported loudly and recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from poet.errors import ModelError, PoetError
+from poet.fileio import atomic_path
+from poet.modelinfo import METADATA_KEY, ModelInfo
+from poet.runtime.compat import EngineTarget, require_tensorrt, sidecar_path, write_sidecar
+from poet.runtime.cuda_memory import open_stream
+from poet.runtime.tensorrt_backend import dims
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+log = logging.getLogger(__name__)
+
+Shape = tuple[int, ...]
+
+# Words of the inspector's tensor type strings ("Row major linear FP16 format", "Half", "Int8", ...).
+_PRECISION_WORDS = {
+    "int8": {"Int8", "INT8"},
+    "fp16": {"FP16", "Half"},
+    "bf16": {"BF16", "BFloat16"},
+    "fp8": {"FP8"},
+    "fp32": {"FP32", "Float"},
+}
+
+
+class EngineBuildError(PoetError):
+    """An ONNX TensorRT cannot parse or build, or build options that do not fit the model or the device."""
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """A written engine: its path, its sidecar's path and content, and its layers counted per precision."""
+
+    engine_path: Path
+    sidecar_path: Path
+    info: ModelInfo
+    layer_precisions: dict[str, int]
+    build_seconds: float
+
+
+def read_onnx_info(onnx_path: str | Path) -> ModelInfo:
+    """The :class:`ModelInfo` poet-export stored in an ONNX file, without loading its weights."""
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ModelError(f"ONNX model {onnx_path} not found")
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as error:  # onnx raises DecodeError and friends for files that are not ONNX
+        raise ModelError(f"{onnx_path} is not a readable ONNX file ({type(error).__name__})") from None
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    if METADATA_KEY not in metadata:
+        raise ModelError(
+            f"{onnx_path} is not a poet-edge model: its metadata has no {METADATA_KEY!r} entry "
+            "(make it with poet-export)"
+        )
+    try:
+        return ModelInfo.from_json(metadata[METADATA_KEY])
+    except ValueError as error:
+        raise ModelError(f"{onnx_path}: bad {METADATA_KEY!r} metadata: {error}") from None
+
+
+def batch_profile(
+    info: ModelInfo, min_batch: int | None = None, opt_batch: int | None = None, max_batch: int | None = None
+) -> tuple[int, int, int] | None:
+    """(min, opt, max) batch of the optimisation profile, or None for an ONNX with a fixed batch.
+
+    Defaults: 1 up to the ONNX's ``max_batch``, tuned for the largest batch (the throughput case).
+    """
+    requested = (min_batch, opt_batch, max_batch)
+    if info.batch is not None:
+        if any(value is not None for value in requested):
+            raise EngineBuildError(
+                f"the ONNX has a fixed batch of {info.batch}; export it with a dynamic batch (--max-batch N) "
+                "to build an engine for a range of batch sizes"
+            )
+        return None
+    high = max_batch or info.max_batch
+    low = min_batch or 1
+    opt = opt_batch or high
+    if not 1 <= low <= opt <= high:
+        raise EngineBuildError(f"batch sizes must satisfy 1 <= min <= opt <= max, got {low}, {opt}, {high}")
+    return low, opt, high
+
+
+def profile_shapes(input_shapes: Mapping[str, Sequence[int]], batches: tuple[int, int, int]) -> dict[str, list[Shape]]:
+    """Min/opt/max shape of every network input: its shape with the dynamic batch dimension filled in."""
+    shapes = {}
+    for name, shape in input_shapes.items():
+        if shape[0] != -1 or any(dim < 0 for dim in shape[1:]):
+            raise EngineBuildError(f"input {name!r} has shape {tuple(shape)}; expected a dynamic batch only (-1, ...)")
+        shapes[name] = [(batch, *shape[1:]) for batch in batches]
+    return shapes
+
+
+def tensor_precision(tensor: Mapping[str, Any]) -> str:
+    """Precision of one tensor of the inspector's JSON.
+
+    TensorRT 10 writes one "Format/Datatype" string ("Row major linear FP16 format"), TensorRT 11 splits
+    it into a format and a data type ("Half"): every type or format field is read.
+    """
+    text = " ".join(str(value) for key, value in tensor.items() if "type" in key.lower() or "format" in key.lower())
+    words = set(re.split(r"[^A-Za-z0-9]+", text))
+    return next((name for name, marks in _PRECISION_WORDS.items() if words & marks), "other")
+
+
+def layer_precisions(engine_information: str) -> dict[str, int]:
+    """Layers per precision in the engine inspector's JSON; a layer counts as its first input's type."""
+    layers = json.loads(engine_information).get("Layers", [])
+    counts: Counter[str] = Counter()
+    for layer in layers:
+        tensors = (layer.get("Inputs") or layer.get("Outputs") or [{}]) if isinstance(layer, dict) else [{}]
+        counts[tensor_precision(tensors[0])] += 1
+    return dict(sorted(counts.items()))
+
+
+def precision_shortfall(precision: str, counts: Mapping[str, int]) -> str | None:
+    """A warning when a reduced-precision ONNX gave an engine without a single layer in that precision."""
+    if precision == "fp32" or counts.get(precision, 0) > 0:
+        return None
+    if not set(counts) - {"other"}:
+        return f"the engine inspector reported no layer types ({dict(counts)}), so the {precision} build is unverified"
+    return (
+        f"the {precision} ONNX built an engine with NO {precision} layers (layers per precision: {dict(counts)}): "
+        f"TensorRT fell back to higher precision everywhere, so expect FP32 speed"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_writable(path: Path) -> None:
+    """Fail before minutes of building when the engine's folder cannot take a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".probe", dir=path.parent):
+            pass
+    except OSError as error:
+        raise EngineBuildError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _parse_onnx(network: trt.INetworkDefinition, logger: trt.ILogger, onnx_path: Path) -> None:
+    """Parse into ``network`` (external weight files beside the ONNX are found); report every parser error."""
+    import tensorrt as trt
+
+    parser = trt.OnnxParser(network, logger)
+    if parser.parse_from_file(str(onnx_path)):
+        return
+    errors = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        errors.append(f"node {error.node()} {error.node_name()!r} ({error.node_operator()}): {error.desc()}")
+    details = "\n  ".join(errors) or "no details (see the TensorRT log above)"
+    raise EngineBuildError(f"TensorRT cannot parse {onnx_path} ({len(errors)} errors):\n  {details}")
+
+
+def _load_timing_cache(config: trt.IBuilderConfig, path: Path | None) -> None:
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("timing cache %s is from another TensorRT version or GPU: starting a new one", path)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(config.get_timing_cache().serialize())
+
+
+def _configure_dla(builder: trt.Builder, config: trt.IBuilderConfig, core: int, precision: str) -> None:
+    """Run on the Jetson's deep learning accelerator, with layers DLA cannot run falling back to the GPU."""
+    import tensorrt as trt
+
+    cores = builder.num_DLA_cores
+    if not 0 <= core < cores:
+        raise EngineBuildError(
+            f"DLA core {core} does not exist: this device has {cores} DLA cores "
+            "(DLA is on Jetson AGX/NX Orin and Xavier)"
+        )
+    if precision == "fp32":
+        log.warning("DLA runs only FP16 and INT8 layers: every layer of this fp32 model will fall back to the GPU")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def _progress_monitor() -> trt.IProgressMonitor:
+    """A TensorRT progress monitor drawing one tqdm bar per (nested) build phase."""
+    import tensorrt as trt
+
+    class TqdmProgressMonitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._bars: dict[str, tqdm] = {}
+            self._lock = threading.Lock()  # TensorRT may report from several threads
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            with self._lock:
+                depth = len(self._bars)
+                self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, position=depth, leave=depth == 0)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            with self._lock:
+                bar = self._bars.get(phase_name)
+                if bar is not None:
+                    bar.update(step + 1 - bar.n)
+            return True
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self._lock:
+                bar = self._bars.pop(phase_name, None)
+                if bar is not None:
+                    bar.close()
+
+    return TqdmProgressMonitor()
+
+
+def _serialize(
+    onnx_path: Path,
+    info: ModelInfo,
+    batches: tuple[int, int, int] | None,
+    workspace_gib: float | None,
+    cache_path: Path | None,
+    dla_core: int | None,
+    progress: bool,
+) -> tuple[trt.IHostMemory, dict[str, int]]:
+    """Parse, configure and build on the current CUDA device; the serialized engine and its layers per precision."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    _parse_onnx(network, logger, onnx_path)
+
+    config = builder.create_builder_config()
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector's per-layer types need it
+    if workspace_gib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if batches is not None:
+        inputs = {network.get_input(i).name: dims(network.get_input(i).shape) for i in range(network.num_inputs)}
+        profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in profile_shapes(inputs, batches).items():
+            profile.set_shape(name, trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
+        config.add_optimization_profile(profile)
+    _load_timing_cache(config, cache_path)
+    if dla_core is not None:
+        _configure_dla(builder, config, dla_core, info.precision)
+    monitor = _progress_monitor() if progress else None  # referenced until the build ends, as TensorRT requires
+    if monitor is not None:
+        config.progress_monitor = monitor
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
+    if cache_path is not None:
+        _save_timing_cache(config, cache_path)
+    inspector = trt.Runtime(logger).deserialize_cuda_engine(serialized).create_engine_inspector()
+    return serialized, layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    *,
+    workspace_gib: float | None = None,
+    timing_cache: str | Path | None = None,
+    dla_core: int | None = None,
+    min_batch: int | None = None,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
+    device: int = 0,
+    progress: bool = True,
+) -> EngineResult:
+    """Build ``engine_path`` and its sidecar ``<engine>.json`` from a poet-edge ONNX; both written atomically.
+
+    The batch range comes from the ONNX's :class:`ModelInfo` unless ``min_batch``/``opt_batch``/``max_batch``
+    narrow it. ``timing_cache`` is read if it exists and written back, so rebuilds skip kernel timing.
+    ``dla_core`` puts the network on that Jetson DLA core with GPU fallback.
+    """
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    info = read_onnx_info(onnx_path)
+    batches = batch_profile(info, min_batch, opt_batch, max_batch)
+    cache_path = Path(timing_cache) if timing_cache is not None else None
+    check_writable(engine_path)
+    require_tensorrt()
+    import tensorrt as trt
+
+    start = time.perf_counter()
+    cuda = open_stream(device)  # makes ``device`` current, so TensorRT builds for it
+    try:
+        serialized, counts = _serialize(onnx_path, info, batches, workspace_gib, cache_path, dla_core, progress)
+    finally:
+        cuda.close()
+    seconds = time.perf_counter() - start
+    shortfall = precision_shortfall(info.precision, counts)
+    if shortfall:
+        log.warning("%s: %s", engine_path, shortfall)
+
+    target = EngineTarget(trt.__version__, cuda.info.name, cuda.info.compute_capability)
+    batch_range = list(batches) if batches else None  # a list, as it reads back from the JSON sidecar
+    options = {"workspace_gib": workspace_gib, "dla_core": dla_core, "batch_profile": batch_range, "device": device}
+    engine_info = info.replace(
+        max_batch=batches[2] if batches else info.max_batch,
+        extra={
+            **info.extra,
+            "onnx": {"path": str(onnx_path), "sha256": file_sha256(onnx_path)},
+            "tensorrt": {
+                **target.to_dict(),
+                "layer_precisions": counts,
+                "precision_warning": shortfall,
+                "build_options": options,
+                "build_seconds": round(seconds, 1),
+            },
+        },
+    )
+    with atomic_path(engine_path) as engine_tmp:  # the engine appears only once its sidecar is written
+        engine_tmp.write_bytes(serialized)
+        write_sidecar(engine_path, engine_info)
+    return EngineResult(engine_path, sidecar_path(engine_path), engine_info, counts, seconds)

@@ -1,0 +1,125 @@
+"""Poses from an exported POET: the model's own preprocessing, any backend, the shared decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import overload
+
+import numpy as np
+
+from poet.images import read_image, to_bgr_uint8
+from poet.modelinfo import UINT8_NHWC, ModelInfo
+from poet.processing import Letterbox, Pose, decode_poses, decoded_poses, letterbox_batch, preprocess
+from poet.runtime.backends import Backend, Provider, load_backend
+
+ImageInput = str | Path | np.ndarray
+
+
+class PoseEstimator:
+    """Run a poet-edge ONNX model or TensorRT engine on images, without PyTorch.
+
+    ``backend="auto"`` picks by suffix: ``.onnx`` -> ONNX Runtime (execution providers TensorRT,
+    CUDA, CPU, whichever are installed, unless ``providers`` lists them), ``.engine``/``.plan`` ->
+    TensorRT (the engine's JSON sidecar is checked against this GPU and TensorRT first).
+    Letterbox size, normalisation and channel order come from the model's :class:`ModelInfo`, so
+    poses match the trained model. Keeps reusable input buffers: use one estimator per thread.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        backend: str = "auto",
+        *,
+        providers: Sequence[Provider] | None = None,
+        score_threshold: float = 0.5,
+        max_people: int | None = None,
+        threads: int | None = None,
+        device: int = 0,
+        cuda_graph: bool = False,
+    ) -> None:
+        self.backend: Backend = load_backend(
+            path, backend, providers=providers, threads=threads, device=device, cuda_graph=cuda_graph
+        )
+        self.score_threshold = score_threshold
+        self.max_people = max_people
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.backend.info
+
+    @overload  # a str is also a Sequence: the first overload wins for it, as predict does at run time
+    def predict(self, images: ImageInput, rgb: bool = False) -> list[Pose]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def predict(self, images: Sequence[ImageInput], rgb: bool = False) -> list[list[Pose]]: ...
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], rgb: bool = False) -> list[Pose] | list[list[Pose]]:
+        """One image -> its poses; a list of images -> a list of pose lists.
+
+        An image is a path or an HxWx3 uint8 array in OpenCV's BGR order (``rgb=True`` for RGB
+        arrays); grayscale, alpha and 16-bit images are converted with a warning.
+        """
+        single = isinstance(images, (str, Path, np.ndarray))
+        items: Sequence[ImageInput] = [images] if isinstance(images, (str, Path, np.ndarray)) else images
+        arrays = [
+            read_image(item) if isinstance(item, (str, Path)) else to_bgr_uint8(item, f"image {i}", rgb=rgb)
+            for i, item in enumerate(items)
+        ]
+        poses = self.predict_arrays(arrays)
+        return poses[0] if single else poses
+
+    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[list[Pose]]:
+        """Poses for checked BGR uint8 images, in chunks the model's batch size allows."""
+        poses: list[list[Pose]] = []
+        for start in range(0, len(images), self.backend.max_batch):
+            chunk = images[start : start + self.backend.max_batch]
+            inputs, letterboxes = self.prepare(chunk)
+            poses.extend(self.decode(self.backend.infer(*inputs), letterboxes))
+        return poses
+
+    def prepare(self, images: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, np.ndarray], list[Letterbox]]:
+        """BGR uint8 images -> the model's ``(images, mask)`` inputs, padded to a fixed batch if it has one.
+
+        Padding slots are black images without padding (an all-padding mask would leave attention
+        nothing to attend to); their outputs are dropped by :meth:`decode`.
+        """
+        count = len(images)
+        if count > self.backend.max_batch:
+            raise ValueError(f"{count} images exceed the model's batch of {self.backend.max_batch}; use predict_arrays")
+        size = self.info.batch or count
+        if self.info.input_format == UINT8_NHWC:
+            batch, mask = self._buffer(size)
+            _, _, letterboxes = letterbox_batch(
+                images, self.info.preprocess.input_size, out=(batch[:count], mask[:count])
+            )
+            batch[count:] = 0
+            mask[count:] = False
+            return (batch, mask), letterboxes
+        batch, mask, letterboxes = preprocess(images, self.info.preprocess)
+        if size > count:
+            batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), batch.dtype)])
+            mask = np.concatenate([mask, np.zeros((size - count, *mask.shape[1:]), bool)])
+        return (batch, mask), letterboxes
+
+    def _buffer(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The reusable uint8 input batch and mask for ``size`` images, allocated on first use."""
+        if size not in self._buffers:
+            height, width = self.info.preprocess.input_size
+            self._buffers[size] = (np.zeros((size, height, width, 3), np.uint8), np.zeros((size, height, width), bool))
+        return self._buffers[size]
+
+    def decode(self, outputs: dict[str, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[list[Pose]]:
+        """Backend outputs -> poses in original-image pixels, one list per letterboxed image."""
+        if self.info.decoded:
+            scores, keypoints = (outputs[name] for name in self.info.output_names)
+            return [
+                decoded_poses(scores[i], keypoints[i], box, self.score_threshold, self.max_people)
+                for i, box in enumerate(letterboxes)
+            ]
+        logits, kpts = (outputs[name] for name in self.info.output_names)
+        return [
+            decode_poses(logits[i], kpts[i], box.original_size, self.score_threshold, self.max_people)
+            for i, box in enumerate(letterboxes)
+        ]
