@@ -207,7 +207,10 @@ def _float_op_types(counts: dict[str, dict[str, int]]) -> tuple[str, ...]:
 
 def _fp16(source: Path, model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:
     from modelopt.onnx.autocast import convert_to_mixed_precision
+    from modelopt.onnx.logging_config import configure_logging
 
+    # ModelOpt logs every conversion step at INFO (about 180 lines for POET); keep its warnings only.
+    configure_logging(logging.WARNING)
     op_types, patterns = split_exclusions(model, exclude)
     keep_nodes = [*mask_only_nodes(model), *names_matching(model, (*HEAD_NODE_PATTERNS, *patterns))]
     return convert_to_mixed_precision(

@@ -37,7 +37,7 @@ class ResNetBody(nn.Module):
             parameter.requires_grad_(config.train_backbone and in_trained_stage)
 
         self.padding_invariant = config.padding_invariant
-        self._valid: dict[tuple[int, int], torch.Tensor] = {}
+        self._valid: dict[tuple[int, int], torch.Tensor] = {}  # bool, True on image, per feature-map size
         if config.padding_invariant:
             for module in self.body.modules():
                 spatial = isinstance(module, nn.MaxPool2d) or (
@@ -49,7 +49,7 @@ class ResNetBody(nn.Module):
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` [B,H,W] True on padding; with it and ``padding_invariant`` the padding cannot leak in."""
         if mask is not None and self.padding_invariant:
-            self._valid = {(int(mask.shape[-2]), int(mask.shape[-1])): (~mask)[:, None].to(images.dtype)}
+            self._valid = {(int(mask.shape[-2]), int(mask.shape[-1])): ~mask[:, None]}
         try:
             return self.body(images)["0"]
         finally:
@@ -74,7 +74,7 @@ class ResNetBody(nn.Module):
                     raise RuntimeError(f"no stride-2 chain leads from the mask to a {size} feature map")
                 valid = valid[..., ::2, ::2]
             self._valid[size] = valid
-        return (inputs * self._valid[size], *args[1:])
+        return (inputs * self._valid[size].to(inputs.dtype), *args[1:])
 
 
 def load_backbone_weights(body: ResNetBody, path: str | Path) -> None:
