@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from poet.errors import ModelError, PoetError
 from poet.fileio import atomic_path
-from poet.modelinfo import METADATA_KEY, ModelInfo
+from poet.modelinfo import ModelInfo, info_from_metadata
 from poet.runtime.compat import EngineTarget, require_tensorrt, sidecar_path, write_sidecar
 from poet.runtime.cuda_memory import open_stream
 from poet.runtime.tensorrt_backend import dims
@@ -73,16 +73,7 @@ def read_onnx_info(onnx_path: str | Path) -> ModelInfo:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError and friends for files that are not ONNX
         raise ModelError(f"{onnx_path} is not a readable ONNX file ({type(error).__name__})") from None
-    metadata = {prop.key: prop.value for prop in model.metadata_props}
-    if METADATA_KEY not in metadata:
-        raise ModelError(
-            f"{onnx_path} is not a poet-edge model: its metadata has no {METADATA_KEY!r} entry "
-            "(make it with poet-export)"
-        )
-    try:
-        return ModelInfo.from_json(metadata[METADATA_KEY])
-    except ValueError as error:
-        raise ModelError(f"{onnx_path}: bad {METADATA_KEY!r} metadata: {error}") from None
+    return info_from_metadata({prop.key: prop.value for prop in model.metadata_props}, onnx_path)
 
 
 def batch_profile(

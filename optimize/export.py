@@ -127,20 +127,6 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_model_info(model: onnx.ModelProto, source: str | Path) -> ModelInfo:
-    """The ModelInfo stored in an ONNX by :func:`export_onnx`; a clear error for any other ONNX."""
-    entries = {prop.key: prop.value for prop in model.metadata_props}
-    if METADATA_KEY not in entries:
-        raise ExportError(
-            f"{source} is not a poet-edge ONNX: it has no '{METADATA_KEY}' metadata (export POET checkpoints "
-            "with poet-export; ONNX files of other models cannot be used)"
-        )
-    try:
-        return ModelInfo.from_json(entries[METADATA_KEY])
-    except ValueError as error:
-        raise ExportError(f"{source} has damaged poet-edge metadata: {error}") from error
-
-
 def write_model_info(model: onnx.ModelProto, info: ModelInfo) -> None:
     """Store ``info`` under :data:`METADATA_KEY`, replacing any earlier entry."""
     kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]

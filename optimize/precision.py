@@ -30,7 +30,7 @@ from poet.errors import DatasetError, ImageError, PoetError
 from poet.evaluation import load_coco_keypoints
 from poet.fileio import atomic_path
 from poet.images import list_images, read_image
-from poet.modelinfo import INT8_TARGETS, PRECISIONS, ModelInfo
+from poet.modelinfo import INT8_TARGETS, PRECISIONS, ModelInfo, info_from_metadata
 from poet.optimize.calibration import (
     HEAD_NODE_PATTERNS,
     mask_only_nodes,
@@ -39,7 +39,7 @@ from poet.optimize.calibration import (
     quantize_int8_isolated,
     split_exclusions,
 )
-from poet.optimize.export import check_writable, export_onnx, read_model_info, write_model_info
+from poet.optimize.export import check_writable, export_onnx, write_model_info
 
 logger = logging.getLogger("poet")
 
@@ -128,7 +128,7 @@ def load_poet_onnx(path: str | Path) -> tuple[onnx.ModelProto, ModelInfo]:
     except Exception as error:
         raise PrecisionError(f"{path} is not a readable ONNX file ({type(error).__name__})") from error
     try:
-        return model, read_model_info(model, path)
+        return model, info_from_metadata({prop.key: prop.value for prop in model.metadata_props}, path)
     except PoetError as error:
         raise PrecisionError(str(error)) from error
 

@@ -7,13 +7,8 @@ COCO OKS evaluation as PyTorch models; Q/DQ semantics in ONNX Runtime are what T
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from tqdm import tqdm
-
-from poet.errors import DatasetError
-from poet.evaluation import coco_results, evaluate_keypoints, load_coco_keypoints
-from poet.images import read_image
+from poet.evaluation import evaluate_predictions
 from poet.optimize.precision import VariantResult
 
 
@@ -30,24 +25,15 @@ def evaluate_onnx(
     from poet.runtime import PoseEstimator
 
     estimator = PoseEstimator(model, backend="onnxruntime", providers=["CPUExecutionProvider"], score_threshold=0.0)
-    coco = load_coco_keypoints(annotations)
-    entries = sorted(coco.dataset["images"], key=lambda item: item["id"])[:limit]
-    paths = [Path(images_dir) / entry["file_name"] for entry in entries]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} images listed in {annotations} are not in {images_dir} (first: {missing[0]})"
-        )
-    per_image: list[tuple[int, Any]] = []
-    with tqdm(
-        total=len(paths), desc=f"evaluating {Path(model).name}", unit="img", disable=not progress, leave=False
-    ) as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            poses = estimator.predict_arrays([read_image(p) for p in chunk])
-            per_image.extend(zip((e["id"] for e in entries[start : start + batch_size]), poses, strict=True))
-            bar.update(len(chunk))
-    return evaluate_keypoints(coco, coco_results(per_image), [entry["id"] for entry in entries])
+    return evaluate_predictions(
+        estimator.predict_arrays,
+        annotations,
+        images_dir,
+        batch_size=batch_size,
+        limit=limit,
+        progress=progress,
+        desc=f"evaluating {Path(model).name}",
+    )
 
 
 def variant_report(variant: VariantResult, reference_ap: float | None, variant_ap: float | None) -> str:

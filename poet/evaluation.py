@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from poet.errors import DatasetError
+from poet.fileio import write_json
+from poet.images import read_image
 from poet.processing import Pose
 
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -104,3 +106,41 @@ def format_table(stats: dict[str, float], title: str = "OKS keypoint evaluation"
     rule = "|" + "|".join("---:" for _ in STAT_NAMES) + "|"
     values = "| " + " | ".join(f"{stats[name]:.3f}" for name in STAT_NAMES) + " |"
     return f"{title}\n\n{header}\n{rule}\n{values}"
+
+
+def evaluate_predictions(
+    predict: Callable[[list[np.ndarray]], list[list[Pose]]],
+    annotations: str | Path,
+    images_dir: str | Path,
+    *,
+    batch_size: int = 4,
+    limit: int | None = None,
+    results_path: str | Path | None = None,
+    progress: bool = True,
+    desc: str = "evaluating",
+) -> dict[str, float]:
+    """OKS AP/AR of any pose predictor (PyTorch, ONNX Runtime, TensorRT) on every image of a COCO keypoint file.
+
+    ``predict`` maps a batch of BGR images to their poses; one loop for all backends keeps their AP comparable.
+    """
+    from tqdm import tqdm
+
+    coco = load_coco_keypoints(annotations)
+    entries = sorted(coco.dataset["images"], key=lambda item: item["id"])[:limit]
+    paths = [Path(images_dir) / entry["file_name"] for entry in entries]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} images listed in {annotations} are not in {images_dir} (first: {missing[0]})"
+        )
+    per_image: list[tuple[int, Sequence[Pose]]] = []
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            poses = predict([read_image(p) for p in chunk])
+            per_image.extend(zip((e["id"] for e in entries[start : start + batch_size]), poses, strict=True))
+            bar.update(len(chunk))
+    results = coco_results(per_image)
+    if results_path is not None:
+        write_json(results_path, results)
+    return evaluate_keypoints(coco, results, [entry["id"] for entry in entries])

@@ -19,9 +19,12 @@ Tensor contract of every exported model:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from poet.errors import ModelError
 from poet.processing import PreprocessConfig
 
 METADATA_KEY = "poet_edge"
@@ -122,3 +125,21 @@ class ModelInfo:
     @classmethod
     def from_json(cls, text: str) -> ModelInfo:
         return cls.from_dict(json.loads(text))
+
+
+def info_from_metadata(metadata: Mapping[str, str], source: str | Path) -> ModelInfo:
+    """The :class:`ModelInfo` in an ONNX file's metadata (as onnx or onnxruntime list it); ModelError otherwise.
+
+    The one check, shared by export, precision variants, the engine builder and the runtime, that a file is a
+    poet-edge model and not some other ONNX.
+    """
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        raise ModelError(
+            f"{source} is not a poet-edge model: its ONNX metadata has no {METADATA_KEY!r} entry "
+            "(export POET checkpoints with poet-export; ONNX files of other models cannot be used)"
+        )
+    try:
+        return ModelInfo.from_json(text)
+    except ValueError as error:
+        raise ModelError(f"{source}: damaged {METADATA_KEY!r} metadata: {error}") from None

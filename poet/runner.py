@@ -10,8 +10,7 @@ from tqdm import tqdm
 
 from poet.checkpoint import load_model
 from poet.drawing import draw_poses, save_image
-from poet.errors import DatasetError
-from poet.evaluation import coco_results, evaluate_keypoints, load_coco_keypoints
+from poet.evaluation import evaluate_predictions
 from poet.fileio import write_json
 from poet.images import list_images, read_image
 from poet.model.poet import POET
@@ -32,29 +31,20 @@ def evaluate_model(
     All queries labelled "person" are submitted (no threshold), as the authors evaluate; COCOeval
     keeps the 20 best per image. Images go through the shared letterbox, as in export and runtime.
     """
-    coco = load_coco_keypoints(annotations)
-    entries = sorted(coco.dataset["images"], key=lambda item: item["id"])[:limit]
-    paths = [Path(images_dir) / entry["file_name"] for entry in entries]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} images listed in {annotations} are not in {images_dir} (first: {missing[0]})"
-        )
-    device = next(model.parameters()).device
     was_training = model.training
-    predictor = Predictor(model, device, score_threshold=0.0, batch_size=batch_size)
-    per_image: list[tuple[int, Any]] = []
-    with tqdm(total=len(paths), desc="evaluating", unit="img", disable=not progress, leave=False) as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            poses = predictor.predict_arrays([read_image(p) for p in chunk])
-            per_image.extend(zip((e["id"] for e in entries[start : start + batch_size]), poses, strict=True))
-            bar.update(len(chunk))
-    model.train(was_training)
-    results = coco_results(per_image)
-    if results_path is not None:
-        write_json(results_path, results)
-    return evaluate_keypoints(coco, results, [entry["id"] for entry in entries])
+    predictor = Predictor(model, next(model.parameters()).device, score_threshold=0.0, batch_size=batch_size)
+    try:
+        return evaluate_predictions(
+            predictor.predict_arrays,
+            annotations,
+            images_dir,
+            batch_size=batch_size,
+            limit=limit,
+            results_path=results_path,
+            progress=progress,
+        )
+    finally:
+        model.train(was_training)
 
 
 def evaluate_checkpoint(

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from poet.errors import ModelError
-from poet.modelinfo import IMAGES, MASK, METADATA_KEY, UINT8_NHWC, ModelInfo
+from poet.modelinfo import IMAGES, MASK, UINT8_NHWC, ModelInfo, info_from_metadata
 
 # File suffix -> backend name; "auto" looks the model's suffix up here.
 BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -56,7 +56,7 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
         except Exception as error:  # ORT raises its own exception types for unreadable, invalid or unsupported files
             raise ModelError(f"{self.path} is not a loadable ONNX model: {error}") from None
-        self.info = read_onnx_info(self.path, self.session.get_modelmeta().custom_metadata_map)
+        self.info = info_from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.max_batch = self.info.batch or self.info.max_batch
         self._check_inputs()
         self.output_names = list(self.info.output_names)
@@ -88,20 +88,6 @@ class OnnxRuntimeBackend:
 def auto_providers(available: Sequence[str]) -> list[str]:
     """The installed providers among :data:`AUTO_PROVIDERS`, best first."""
     return [name for name in AUTO_PROVIDERS if name in available] or ["CPUExecutionProvider"]
-
-
-def read_onnx_info(path: Path, metadata: dict[str, str]) -> ModelInfo:
-    """The :class:`ModelInfo` an exporter stored in an ONNX file's metadata, or a clear error."""
-    text = metadata.get(METADATA_KEY)
-    if text is None:
-        raise ModelError(
-            f"{path} is not a poet-edge model: its ONNX metadata has no {METADATA_KEY!r} entry "
-            "(export the checkpoint with poet.optimize.export so preprocessing travels with the model)"
-        )
-    try:
-        return ModelInfo.from_json(text)
-    except ValueError as error:
-        raise ModelError(f"{path}: bad {METADATA_KEY!r} metadata: {error}") from None
 
 
 def backend_name(path: Path, backend: str) -> str:
