@@ -8,6 +8,7 @@ naming the image and what was expected.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -52,6 +53,24 @@ def read_image(path: str | Path) -> np.ndarray:
     if image is None:
         raise ImageError(f"{path} is not a readable image (expected a JPEG, PNG, BMP, WebP or TIFF file)")
     return to_bgr_uint8(image, source=str(path))
+
+
+ImageInput = str | Path | np.ndarray
+
+
+def load_images(images: ImageInput | Sequence[ImageInput], rgb: bool = False) -> tuple[list[np.ndarray], bool]:
+    """Paths and arrays -> checked BGR uint8 arrays, and whether a single image (not a list) was given.
+
+    What every predictor (PyTorch or the runtime) accepts: a path, an array as OpenCV gives it
+    (``rgb=True`` for RGB arrays), or a list of them.
+    """
+    single = isinstance(images, (str, Path, np.ndarray))
+    items: Sequence[ImageInput] = [images] if isinstance(images, (str, Path, np.ndarray)) else images
+    arrays = [
+        read_image(item) if isinstance(item, (str, Path)) else to_bgr_uint8(item, f"image {i}", rgb=rgb)
+        for i, item in enumerate(items)
+    ]
+    return arrays, single
 
 
 def list_images(folder: str | Path) -> list[Path]:

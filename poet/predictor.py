@@ -9,11 +9,9 @@ import numpy as np
 import torch
 
 from poet.checkpoint import load_model
-from poet.images import read_image, to_bgr_uint8
+from poet.images import ImageInput, load_images
 from poet.model.poet import POET
 from poet.processing import Pose, decode_poses, preprocess
-
-ImageInput = str | Path | np.ndarray
 
 
 class Predictor:
@@ -60,11 +58,6 @@ class Predictor:
 
     def predict(self, images: ImageInput | Sequence[ImageInput], rgb: bool = False) -> list[Pose] | list[list[Pose]]:
         """One image -> its poses; a list of images -> a list of pose lists."""
-        single = isinstance(images, (str, Path, np.ndarray))
-        items: Sequence[ImageInput] = [images] if isinstance(images, (str, Path, np.ndarray)) else images
-        arrays = [
-            read_image(item) if isinstance(item, (str, Path)) else to_bgr_uint8(item, f"image {i}", rgb=rgb)
-            for i, item in enumerate(items)
-        ]
+        arrays, single = load_images(images, rgb)
         poses = self.predict_arrays(arrays)
         return poses[0] if single else poses

@@ -8,12 +8,10 @@ from typing import overload
 
 import numpy as np
 
-from poet.images import read_image, to_bgr_uint8
+from poet.images import ImageInput, load_images
 from poet.modelinfo import UINT8_NHWC, ModelInfo
 from poet.processing import Letterbox, Pose, decode_poses, decoded_poses, letterbox_batch, preprocess
 from poet.runtime.backends import Backend, Provider, load_backend
-
-ImageInput = str | Path | np.ndarray
 
 
 class PoseEstimator:
@@ -61,12 +59,7 @@ class PoseEstimator:
         An image is a path or an HxWx3 uint8 array in OpenCV's BGR order (``rgb=True`` for RGB
         arrays); grayscale, alpha and 16-bit images are converted with a warning.
         """
-        single = isinstance(images, (str, Path, np.ndarray))
-        items: Sequence[ImageInput] = [images] if isinstance(images, (str, Path, np.ndarray)) else images
-        arrays = [
-            read_image(item) if isinstance(item, (str, Path)) else to_bgr_uint8(item, f"image {i}", rgb=rgb)
-            for i, item in enumerate(items)
-        ]
+        arrays, single = load_images(images, rgb)
         poses = self.predict_arrays(arrays)
         return poses[0] if single else poses
 
