@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from tqdm import tqdm
 
@@ -30,7 +31,7 @@ from poet.errors import DatasetError, ImageError, PoetError
 from poet.evaluation import load_coco_keypoints
 from poet.fileio import atomic_path
 from poet.images import list_images, read_image
-from poet.modelinfo import INT8_TARGETS, PRECISIONS, ModelInfo, info_from_metadata
+from poet.modelinfo import IMAGES, INT8_TARGETS, MASK, PRECISIONS, ModelInfo, info_from_metadata
 from poet.optimize.calibration import (
     HEAD_NODE_PATTERNS,
     mask_only_nodes,
@@ -39,7 +40,7 @@ from poet.optimize.calibration import (
     quantize_int8_isolated,
     split_exclusions,
 )
-from poet.optimize.export import check_writable, export_onnx, write_model_info
+from poet.optimize.export import check_writable, export_onnx, verification_batch, write_model_info
 
 logger = logging.getLogger("poet")
 
@@ -205,7 +206,7 @@ def _float_op_types(counts: dict[str, dict[str, int]]) -> tuple[str, ...]:
     return tuple(op for op, entry in counts.items() if entry["float"])
 
 
-def _fp16(source: Path, model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:
+def _fp16(source: Path, model: onnx.ModelProto, info: ModelInfo, exclude: Sequence[str]) -> onnx.ModelProto:
     from modelopt.onnx.autocast import convert_to_mixed_precision
     from modelopt.onnx.logging_config import configure_logging
 
@@ -213,12 +214,18 @@ def _fp16(source: Path, model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.
     configure_logging(logging.WARNING)
     op_types, patterns = split_exclusions(model, exclude)
     keep_nodes = [*mask_only_nodes(model), *names_matching(model, (*HEAD_NODE_PATTERNS, *patterns))]
+    # AutoCast runs the model to find values FP16 cannot hold; left to itself it feeds random numbers in (-1, 1),
+    # which a uint8 input cannot take and a random mask turns into meaningless attention. Give it real people.
+    images, mask = verification_batch(info, info.batch or 1)
+    reference_inputs = source.with_name("reference_inputs.npz")
+    np.savez(reference_inputs, **{IMAGES: images, MASK: mask})
     return convert_to_mixed_precision(
         onnx_path=str(source),
         low_precision_type="fp16",
         nodes_to_exclude=[f"^{re.escape(name)}$" for name in keep_nodes],
         op_types_to_exclude=[*FP16_FLOAT_OP_TYPES, *op_types],
         keep_io_types=True,
+        calibration_data=str(reference_inputs),
     )
 
 
@@ -273,7 +280,7 @@ def make_variant(
         if precision == "fp32":
             variant = model
         elif precision == "fp16":
-            variant = _fp16(named, model, exclude)
+            variant = _fp16(named, model, info, exclude)
         else:
             summary = _int8(
                 named,

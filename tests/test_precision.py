@@ -64,6 +64,22 @@ def test_fp16_variant_keeps_sensitive_ops_in_fp32_and_stays_close(fp32, inputs, 
     assert _max_kpt_diff(variant.path, _outputs(fp32.path, inputs), inputs) < 5e-3
 
 
+def test_fp16_variant_of_a_uint8_input_model_runs_and_matches_fp32(runtime_models, coco_mini, tmp_path):
+    """AutoCast's reference run gets real letterboxed pixels, not random floats a uint8 input cannot take."""
+    from poet.runtime import PoseEstimator
+
+    variant = make_variant(runtime_models["uint8"], tmp_path / "tiny_uint8.fp16.onnx", "fp16", progress=False)
+    photos = sorted((coco_mini / "val2017").glob("*.jpg"))[:2]
+    reference = PoseEstimator(runtime_models["uint8"], score_threshold=0.0).predict(photos)
+    ours = PoseEstimator(variant.path, score_threshold=0.0).predict(photos)
+    assert variant.info.input_format == "uint8-nhwc-bgr" and variant.info.precision == "fp16"
+    for fp16_poses, fp32_poses in zip(ours, reference, strict=True):
+        assert len(fp16_poses) == len(fp32_poses) > 0
+        fp16_best = max(fp16_poses, key=lambda pose: pose.score)
+        fp32_best = max(fp32_poses, key=lambda pose: pose.score)
+        assert np.abs(fp16_best.keypoints[:, :2] - fp32_best.keypoints[:, :2]).max() < 2.0  # pixels
+
+
 @pytest.mark.parametrize(("target", "zero_point_type"), [("cpu", TensorProto.UINT8), ("tensorrt", TensorProto.INT8)])
 def test_int8_variants_quantize_convolutions_but_not_attention_and_stay_close(
     fp32, inputs, calib_dir, tmp_path, target, zero_point_type
