@@ -1,8 +1,10 @@
 """``poet quickstart``: the whole pipeline on embedded synthetic people, no download and no GPU needed.
 
-Stages so far: generate synthetic people (COCO format), train the small recipe, evaluate OKS AP on
-the held-out split, and draw the poses found in a few held-out images. Everything lands in one
-output folder with a ``report.md``.
+Stages: generate synthetic people (COCO format), train the small recipe, evaluate OKS AP on the
+held-out split, draw the poses found in a few held-out images, then export to ONNX, make the FP16 and
+INT8 variants (INT8 calibrated on the training images) and benchmark every variant with ``poet-bench``
+(latency per stage beside OKS AP; TensorRT variants are listed as skipped where TensorRT is missing).
+Everything lands in one output folder with a ``report.md``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from poet.benchmarks.bench import BenchSettings, run_benchmark
 from poet.checkpoint import load_model
 from poet.data.synthetic import generate_splits
 from poet.drawing import draw_poses, save_image
@@ -27,6 +30,9 @@ RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "synthetic-
 # The synthetic people the small recipe is tuned for: at most two per image, each at least half the image tall.
 RECIPE_MAX_PEOPLE = 2
 RECIPE_MIN_HEIGHT = 0.5
+# Every backend and precision the report compares; those that cannot run on this machine are listed as skipped.
+BENCH_VARIANTS = ("torch", "onnx-fp32", "onnx-fp16", "onnx-int8", "trt-fp16", "trt-int8")
+BENCH_ITERATIONS = 20
 
 
 def synthesise_for_recipe(data: Path, train_images: int, val_images: int, input_size: list[int]) -> None:
@@ -49,22 +55,22 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
     data = output / "data"
     flags = ["--config", str(RECIPE), "--data", str(data), "--output-dir", str(output / "train")]
     config = parse_config([*flags, *(["--epochs", str(epochs)] if epochs else [])])
-    logger.info("1/4 generating %d + %d synthetic images in %s", train_images, val_images, data)
+    logger.info("1/5 generating %d + %d synthetic images in %s", train_images, val_images, data)
     synthesise_for_recipe(data, train_images, val_images, config.input_size)
     timings["data"] = time.perf_counter() - started
 
-    logger.info("2/4 training the small recipe (%d epochs) into %s", config.epochs, config.output_dir)
+    logger.info("2/5 training the small recipe (%d epochs) into %s", config.epochs, config.output_dir)
     Trainer(config).fit()
     timings["training"] = time.perf_counter() - started - sum(timings.values())
 
-    logger.info("3/4 evaluating on the held-out split")
+    logger.info("3/5 evaluating on the held-out split")
     checkpoint = Path(config.output_dir) / "checkpoint.pth"
     model = load_model(checkpoint)
     val_annotations, val_dir = coco_split_paths(data, "val2017")
     stats = evaluate_model(model, val_annotations, val_dir)
     timings["evaluation"] = time.perf_counter() - started - sum(timings.values())
 
-    logger.info("4/4 drawing poses on %d held-out images", drawings)
+    logger.info("4/5 drawing poses on %d held-out images", drawings)
     predictor = Predictor(model, score_threshold=0.5)
     pictures = []
     for path in list_images(val_dir)[:drawings]:
@@ -73,6 +79,23 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
         save_image(target, draw_poses(image, predictor.predict_arrays([image])[0]))
         pictures.append(target.relative_to(output))
     timings["drawing"] = time.perf_counter() - started - sum(timings.values())
+
+    logger.info("5/5 exporting, making FP16 and INT8 variants and benchmarking them")
+    bench_dir = output / "bench"
+    run_benchmark(
+        BenchSettings(
+            model=checkpoint,
+            annotations=val_annotations,
+            images=val_dir,
+            output=bench_dir,
+            work_dir=output / "variants",
+            variants=BENCH_VARIANTS,
+            iters=BENCH_ITERATIONS,
+            limit=None,
+            calib_images=coco_split_paths(data, "train2017")[1],
+        )
+    )
+    timings["export, variants and benchmark"] = time.perf_counter() - started - sum(timings.values())
 
     lines = [
         "# poet-edge quickstart",
@@ -90,6 +113,12 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
         "## Poses on held-out images",
         "",
         *(f"![poses]({picture})" for picture in pictures),
+        "",
+        "## Every backend and precision (`poet-bench`)",
+        "",
+        (bench_dir / "bench.md").read_text().strip(),
+        "",
+        "![latency against OKS AP](bench/bench.png)",
         "",
     ]
     report = output / "report.md"

@@ -13,4 +13,8 @@ def test_quickstart_writes_report_checkpoint_and_drawings(tmp_path, capsys):
     assert "| AP | AP50 |" in report and "## Time per stage" in report
     assert (output / "train" / "checkpoint.pth").is_file() and (output / "train" / "metrics.csv").is_file()
     assert len(list((output / "poses").glob("*.png"))) == 3
+    assert "## Every backend and precision" in report and (output / "bench" / "bench.png").is_file()
+    for variant in ("| torch |", "| onnx-fp32 |", "| onnx-fp16 |", "| onnx-int8 |"):
+        assert variant in report
+    assert "trt-int8" in report  # listed as skipped where TensorRT is missing, never dropped
     assert "report written to" in capsys.readouterr().out
