@@ -31,7 +31,6 @@ from poet.evaluation import coco_results, evaluate_keypoints, load_coco_keypoint
 from poet.fileio import write_json
 from poet.images import read_image
 from poet.processing import Letterbox, Pose, decode_poses, preprocess
-from poet.runtime.backends import OnnxRuntimeBackend
 
 TORCH_VARIANTS = ("torch", "torch-fp16")
 ONNX_VARIANTS = ("onnx-fp32", "onnx-fp16", "onnx-int8")
@@ -236,12 +235,14 @@ class TorchRunner:
         import torch
 
         from poet.checkpoint import load_model
+        from poet.predictor import Predictor
 
         if fp16 and not torch.cuda.is_available():
             raise VariantUnavailable("PyTorch FP16 runs only on CUDA and no GPU is available")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_model(settings.model, self.device, settings.input_size)
         self.fp16 = fp16
+        self.predictor = Predictor(self.model, self.device, score_threshold=0.0)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         import torch
@@ -267,24 +268,8 @@ class TorchRunner:
         return [decode_poses(logits[i], kpts[i], box.original_size, 0.0) for i, box in enumerate(letterboxes)]
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> list[list[Pose]]:
-        from poet.predictor import Predictor
-
         with self._autocast():
-            return Predictor(self.model, self.device, score_threshold=0.0).predict_arrays(images)
-
-
-def quiet_session(path: Path, providers: Sequence[str]) -> Any:
-    """An ONNX Runtime session whose idle threads sleep instead of spinning.
-
-    By default ORT's worker threads busy-wait after each run, which would steal the cores from the
-    variant timed next in turn (10x slower PyTorch on a 2-core machine).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+            return self.predictor.predict_arrays(images)
 
 
 class EstimatorRunner:
@@ -293,11 +278,10 @@ class EstimatorRunner:
     def __init__(self, path: Path, cuda_graph: bool = False) -> None:
         from poet.runtime import PoseEstimator
 
-        # Threshold 0: every query labelled person is decoded and scored, as COCO evaluation wants.
-        self.estimator = PoseEstimator(path, score_threshold=0.0, cuda_graph=cuda_graph)
-        backend = self.estimator.backend
-        if isinstance(backend, OnnxRuntimeBackend):
-            backend.session = quiet_session(path, backend.providers)
+        # Threshold 0: every query labelled person is decoded and scored, as COCO evaluation wants. ORT's idle
+        # threads must not spin: they would steal the cores from the variant timed next in turn (PyTorch ran
+        # 10x slower beside spinning ORT threads on a 2-core machine).
+        self.estimator = PoseEstimator(path, score_threshold=0.0, spinning=False, cuda_graph=cuda_graph)
 
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]:
         return self.estimator.prepare(images)

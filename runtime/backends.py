@@ -41,7 +41,11 @@ class OnnxRuntimeBackend:
     """An exported poet-edge ONNX model in ONNX Runtime; preprocessing is read from its metadata."""
 
     def __init__(
-        self, path: str | Path, providers: Sequence[Provider] | None = None, threads: int | None = None
+        self,
+        path: str | Path,
+        providers: Sequence[Provider] | None = None,
+        threads: int | None = None,
+        spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -51,6 +55,9 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        if not spinning:  # idle worker threads sleep instead of busy-waiting for the next run
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         chosen = list(providers) if providers is not None else auto_providers(ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
@@ -110,19 +117,21 @@ def load_backend(
     *,
     providers: Sequence[Provider] | None = None,
     threads: int | None = None,
+    spinning: bool = True,
     device: int = 0,
     cuda_graph: bool = False,
 ) -> Backend:
     """Open a model with the backend its suffix (or ``backend``) names.
 
-    ``providers`` and ``threads`` apply to ONNX Runtime, ``device`` and ``cuda_graph`` to TensorRT.
+    ``providers``, ``threads`` and ``spinning`` (False: ORT's idle threads sleep, leaving the cores to other
+    work) apply to ONNX Runtime, ``device`` and ``cuda_graph`` to TensorRT.
     """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model {path} not found")
     name = backend_name(path, backend)
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(path, providers=providers, threads=threads)
+        return OnnxRuntimeBackend(path, providers=providers, threads=threads, spinning=spinning)
     from poet.runtime.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(path, device=device, cuda_graph=cuda_graph)

@@ -33,11 +33,18 @@ class PoseEstimator:
         score_threshold: float = 0.5,
         max_people: int | None = None,
         threads: int | None = None,
+        spinning: bool = True,
         device: int = 0,
         cuda_graph: bool = False,
     ) -> None:
         self.backend: Backend = load_backend(
-            path, backend, providers=providers, threads=threads, device=device, cuda_graph=cuda_graph
+            path,
+            backend,
+            providers=providers,
+            threads=threads,
+            spinning=spinning,
+            device=device,
+            cuda_graph=cuda_graph,
         )
         self.score_threshold = score_threshold
         self.max_people = max_people

@@ -114,6 +114,17 @@ def test_batches_of_any_size_give_per_image_results(runtime_models, photos, layo
     assert _max_keypoint_difference(singles, batch) < 1e-3
 
 
+def test_spinning_off_makes_onnx_runtimes_idle_threads_sleep(runtime_models, photos):
+    """Benchmarks time variants in turns: a spinning ORT thread pool would steal the cores of the next one."""
+    quiet = PoseEstimator(runtime_models["uint8"], spinning=False)
+    options = quiet.backend.session.get_session_options()  # type: ignore[attr-defined]
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    default = PoseEstimator(runtime_models["uint8"]).backend.session.get_session_options()  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: ORT's default, spinning
+        default.get_session_config_entry("session.intra_op.allow_spinning")
+    assert len(quiet.predict(photos[:1])[0]) == len(PoseEstimator(runtime_models["uint8"]).predict(photos[:1])[0])
+
+
 def test_execution_providers_best_first_and_explicit(runtime_models):
     assert auto_providers(["CPUExecutionProvider", "CUDAExecutionProvider", "AzureExecutionProvider"]) == [
         "CUDAExecutionProvider",
