@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import importlib.util
 import json
@@ -113,6 +116,16 @@ def rss_mib(field_name: str = "VmRSS") -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB; peak only
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by earlier work (export, calibration, other variants) back to the OS.
+
+    Otherwise the allocator reuses it for the next variant and that variant's added RSS reads as zero.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)  # glibc only
 
 
 def gpu_used_mib() -> float | None:
@@ -425,6 +438,7 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
             try:
                 path = build_variant(name, builder)
                 # Memory is measured around loading and warm-up only: building (export, calibration) is not deployment.
+                release_free_memory()
                 before, gpu_before = rss_mib(), gpu_used_mib()
                 runner = load_runner(name, path, settings)
                 for index in range(settings.warmup):

@@ -172,10 +172,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
         for variant in report["variants"]
         if variant["status"] == "ok"
     ]
-    for name, row, ap in points:
+    # A legend rather than labels beside the points: variants of equal AP and close latency would overlap.
+    markers = "osD^vP*X"
+    for index, (name, row, ap) in enumerate(points):
         latency = row["latency_ms"]["total"]["p50"]
-        axes.scatter([latency], [ap], s=40)
-        axes.annotate(name, (latency, ap), textcoords="offset points", xytext=(5, 5))
+        axes.scatter([latency], [ap], s=45, marker=markers[index % len(markers)], label=name, alpha=0.85)
     # From zero on both axes, so distances read as ratios; AP gets headroom for the labels.
     axes.set_xlim(left=0)
     axes.set_ylim(0, max([0.05, *(1.15 * ap for _, _, ap in points)]))
@@ -183,6 +184,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axes.set_ylabel("OKS AP")
     axes.set_title(f"{Path(report['model']).name}: latency vs accuracy")
     axes.grid(alpha=0.3)
+    if points:
+        axes.legend(loc="best", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, format="png")
     plt.close(figure)

@@ -4,13 +4,15 @@ Stages: generate synthetic people (COCO format), train the small recipe, evaluat
 held-out split, draw the poses found in a few held-out images, then export to ONNX, make the FP16 and
 INT8 variants (INT8 calibrated on the training images) and benchmark every variant with ``poet-bench``
 (latency per stage beside OKS AP; TensorRT variants are listed as skipped where TensorRT is missing).
-Everything lands in one output folder with a ``report.md``.
+Everything lands in one output folder with a ``report.md`` and, for tools such as
+``python -m poet.benchmarks.readme_results``, the same figures in ``summary.json``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from poet.benchmarks.bench import BenchSettings, run_benchmark
@@ -18,7 +20,7 @@ from poet.checkpoint import load_model
 from poet.data.synthetic import generate_splits
 from poet.drawing import draw_poses, save_image
 from poet.evaluation import coco_split_paths, format_table
-from poet.fileio import atomic_path
+from poet.fileio import atomic_path, write_json
 from poet.images import list_images, read_image
 from poet.predictor import Predictor
 from poet.runner import evaluate_model
@@ -121,6 +123,19 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
         "![latency against OKS AP](bench/bench.png)",
         "",
     ]
+    summary = {
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "train_images": train_images,
+        "val_images": val_images,
+        "recipe": {
+            key: getattr(config, key)
+            for key in ("backbone", "input_size", "hidden_dim", "enc_layers", "dec_layers", "epochs", "batch_size")
+        },
+        "accuracy": {key: round(value, 4) for key, value in stats.items()},
+        "seconds": {stage: round(seconds, 1) for stage, seconds in timings.items()},
+        "bench": "bench/bench.json",
+    }
+    write_json(output / "summary.json", summary, indent=1)
     report = output / "report.md"
     with atomic_path(report) as tmp:
         tmp.write_text("\n".join(lines))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,17 +135,15 @@ def write_model_info(model: onnx.ModelProto, info: ModelInfo) -> None:
 
 
 def check_writable(path: Path) -> None:
-    """Fail before minutes of work when the output folder cannot take a file."""
-    blocker = next((folder for folder in path.parents if folder.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise ExportError(f"cannot write {path}: {blocker} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as error:
-        raise ExportError(f"cannot write {path}: {error.strerror or error}") from error
+    """Fail before minutes of work when the output folder cannot take a file; create no folder yet.
+
+    Folders are made when the file is written, so a failed run leaves no empty output folder behind.
+    """
+    folder = next((folder for folder in path.parents if folder.exists()), Path("."))
+    if not folder.is_dir():
+        raise ExportError(f"cannot write {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {path}: no permission to write in {folder}")
 
 
 def verification_batch(info: ModelInfo, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

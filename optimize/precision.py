@@ -210,8 +210,10 @@ def _fp16(source: Path, model: onnx.ModelProto, info: ModelInfo, exclude: Sequen
     from modelopt.onnx.autocast import convert_to_mixed_precision
     from modelopt.onnx.logging_config import configure_logging
 
-    # ModelOpt logs every conversion step at INFO (about 180 lines for POET); keep its warnings only.
+    # ModelOpt logs every conversion step at INFO (about 180 lines for POET); keep its warnings only, printed
+    # once by its own handler rather than again by ours through propagation.
     configure_logging(logging.WARNING)
+    logging.getLogger("modelopt.onnx").propagate = False
     op_types, patterns = split_exclusions(model, exclude)
     keep_nodes = [*mask_only_nodes(model), *names_matching(model, (*HEAD_NODE_PATTERNS, *patterns))]
     # AutoCast runs the model to find values FP16 cannot hold; left to itself it feeds random numbers in (-1, 1),

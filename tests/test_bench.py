@@ -62,6 +62,8 @@ def test_report_has_real_figures_for_every_variant(bench_run: Path) -> None:
         assert 0.0 <= variant["accuracy"]["AP"] <= 1.0 and 0.0 <= variant["accuracy"]["AR"] <= 1.0
         assert set(variant["accuracy"]) >= {"AP", "AP50", "AR"}
     assert variants["onnx-int8"]["model_path"].endswith("model.int8-cpu.onnx")
+    # Each ONNX Runtime session allocates its own memory, also after earlier variants freed theirs.
+    assert all(variants[name]["memory_mib"]["rss_added"] > 0 for name in ("onnx-fp32", "onnx-int8"))
     for name in ("trt-fp16", "trt-int8"):
         assert variants[name]["status"] == "skipped" and "TensorRT not installed" in variants[name]["reason"]
         assert variants[name]["batches"] == []

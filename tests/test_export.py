@@ -151,5 +151,5 @@ def test_onnx_differing_from_pytorch_fails_loudly_and_leaves_no_file(tmp_path, t
     monkeypatch.setattr(export_module, "FP32_TOLERANCE", -1.0)
     model = build_model(tiny_config, PreprocessConfig(input_size=(64, 64)))
     with pytest.raises(ExportError, match="differs from PyTorch"):
-        export_onnx(model, tmp_path / "model.onnx", progress=False)
-    assert list(tmp_path.iterdir()) == []
+        export_onnx(model, tmp_path / "new" / "model.onnx", progress=False)
+    assert list(tmp_path.iterdir()) == [], "a failed export leaves neither a file nor an empty folder"

@@ -7,7 +7,7 @@ from poet.cli import main
 
 def test_quickstart_writes_report_checkpoint_and_drawings(tmp_path, capsys):
     output = tmp_path / "quick"
-    arguments = ["quickstart", "--output", str(output), "--train-images", "8", "--val-images", "3", "--epochs", "1"]
+    arguments = ["quickstart", "--output", str(output), "--train-images", "16", "--val-images", "3", "--epochs", "1"]
     assert main(arguments) == 0
     report = (output / "report.md").read_text()
     assert "| AP | AP50 |" in report and "## Time per stage" in report
@@ -18,3 +18,29 @@ def test_quickstart_writes_report_checkpoint_and_drawings(tmp_path, capsys):
         assert variant in report
     assert "trt-int8" in report  # listed as skipped where TensorRT is missing, never dropped
     assert "report written to" in capsys.readouterr().out
+    check_readme_results(output, tmp_path)
+
+
+def check_readme_results(run, tmp_path):
+    """The README's Results section is generated from that run's own files, between its markers only."""
+    import json
+
+    import pytest
+
+    from poet.benchmarks.readme_results import BEGIN, END, results_section
+    from poet.benchmarks.readme_results import main as readme_results
+    from poet.errors import PoetError
+
+    summary = json.loads((run / "summary.json").read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n## Results\n\n{BEGIN}\nold figures\n{END}\n\n## Next\n")
+    readme_results([str(run), "--readme", str(readme), "--where", "a test"])
+    text = readme.read_text()
+    assert "old figures" not in text and text.startswith("# title") and text.endswith(f"{END}\n\n## Next\n")
+    assert f"AP {summary['accuracy']['AP']:.3f}" in text and "| onnx-int8 | 1 |" in text and "a test" in text
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit) as exit_info:
+        readme_results([str(run), "--readme", str(readme)])
+    assert exit_info.value.code == 2 and readme.read_text() == "# no markers\n"
+    with pytest.raises(PoetError, match="summary.json is missing"):
+        results_section(tmp_path / "nothing", "x")
