@@ -6,7 +6,11 @@ quantization modules process-wide), which then starts in a second instead of imp
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import os
 import re
 import subprocess
 import sys
@@ -241,21 +245,35 @@ def quantize_int8_isolated(
     }
     spec = output.with_suffix(".job.json")
     spec.write_text(json.dumps(job))
-    return subprocess.run([sys.executable, "-m", "poet.optimize.calibration", str(spec)], check=False).returncode
+    # The libraries' own progress bars (one per tensor batch) are switched off; ours passes ``disable`` explicitly.
+    environment = {**os.environ, "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "poet.optimize.calibration", str(spec)]
+    return subprocess.run(command, check=False, env=environment).returncode
+
+
+class _DropPreprocessingHint(logging.Filter):
+    """ONNX Runtime suggests its shape pre-processing on every run; the export has already simplified the graph."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Please consider") and "pre-processing before quantization" in message)
 
 
 def _main(spec: str) -> None:
     job = json.loads(Path(spec).read_text())
-    quantize_int8(
-        job["target"],
-        Path(job["source"]),
-        Path(job["output"]),
-        [Path(p) for p in job["paths"]],
-        ModelInfo.from_dict(job["info"]),
-        job["method"],
-        job["exclude"],
-        job["progress"],
-    )
+    logging.getLogger().addFilter(_DropPreprocessingHint())
+    # ONNX Runtime's calibrator prints each histogram step to stdout; warnings and errors still reach stderr.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_int8(
+            job["target"],
+            Path(job["source"]),
+            Path(job["output"]),
+            [Path(p) for p in job["paths"]],
+            ModelInfo.from_dict(job["info"]),
+            job["method"],
+            job["exclude"],
+            job["progress"],
+        )
 
 
 if __name__ == "__main__":
