@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 from poet.benchmarks.bench import BenchSettings, run_benchmark
 from poet.checkpoint import load_model
@@ -23,6 +27,7 @@ from poet.evaluation import coco_split_paths, format_table
 from poet.fileio import atomic_path, write_json
 from poet.images import list_images, read_image
 from poet.predictor import Predictor
+from poet.processing import Pose
 from poet.runner import evaluate_model
 from poet.train.config import parse_config
 from poet.train.engine import Trainer
@@ -35,6 +40,8 @@ RECIPE_MIN_HEIGHT = 0.5
 # Every backend and precision the report compares; those that cannot run on this machine are listed as skipped.
 BENCH_VARIANTS = ("torch", "onnx-fp32", "onnx-fp16", "onnx-int8", "trt-fp16", "trt-int8")
 BENCH_ITERATIONS = 20
+# Drawings of the 128x128 synthetic images are enlarged to this side so the skeletons can be read.
+DRAWING_SIDE = 384
 
 
 def synthesise_for_recipe(data: Path, train_images: int, val_images: int, input_size: list[int]) -> None:
@@ -48,6 +55,15 @@ def synthesise_for_recipe(data: Path, train_images: int, val_images: int, input_
         min_height=RECIPE_MIN_HEIGHT,
         seed=0,
     )
+
+
+def _drawn_large(image: np.ndarray, poses: list[Pose]) -> np.ndarray:
+    """The poses drawn on the image enlarged to at least DRAWING_SIDE pixels, so small inputs stay legible."""
+    scale = max(1, -(-DRAWING_SIDE // max(image.shape[:2])))
+    enlarged = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    factors = np.array([scale, scale, 1.0])
+    scaled = [replace(pose, keypoints=pose.keypoints * factors, box=pose.box * scale) for pose in poses]
+    return draw_poses(enlarged, scaled)
 
 
 def quickstart(output: Path, train_images: int, val_images: int, epochs: int | None, drawings: int = 4) -> Path:
@@ -78,7 +94,7 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
     for path in list_images(val_dir)[:drawings]:
         image = read_image(path)
         target = output / "poses" / f"{path.stem}.png"
-        save_image(target, draw_poses(image, predictor.predict_arrays([image])[0]))
+        save_image(target, _drawn_large(image, predictor.predict_arrays([image])[0]))
         pictures.append(target.relative_to(output))
     timings["drawing"] = time.perf_counter() - started - sum(timings.values())
 

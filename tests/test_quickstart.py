@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cv2
+
 from poet.cli import main
 
 
@@ -12,7 +14,9 @@ def test_quickstart_writes_report_checkpoint_and_drawings(tmp_path, capsys):
     report = (output / "report.md").read_text()
     assert "| AP | AP50 |" in report and "## Time per stage" in report
     assert (output / "train" / "checkpoint.pth").is_file() and (output / "train" / "metrics.csv").is_file()
-    assert len(list((output / "poses").glob("*.png"))) == 3
+    drawings = sorted((output / "poses").glob("*.png"))
+    assert len(drawings) == 3
+    assert all(min(cv2.imread(str(path)).shape[:2]) >= 384 for path in drawings), "small inputs drawn enlarged"
     assert "## Every backend and precision" in report and (output / "bench" / "bench.png").is_file()
     for variant in ("| torch |", "| onnx-fp32 |", "| onnx-fp16 |", "| onnx-int8 |"):
         assert variant in report
