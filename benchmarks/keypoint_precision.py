@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from poet.errors import DatasetError, PoetError
 from poet.evaluation import evaluate_keypoints, load_coco_keypoints
+from poet.processing import Pose
 from poet.skeleton import KEYPOINT_NAMES, flip_permutation
 
 NOISE_FRACTIONS = (0.02, 0.03, 0.05, 0.1)
@@ -44,8 +46,8 @@ def _frame(keypoints: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _result(image_id: int, points: np.ndarray) -> dict[str, Any]:
-    flat = np.concatenate([points, np.ones((17, 1))], axis=1).reshape(-1)
-    return {"image_id": image_id, "category_id": 1, "score": 1.0, "keypoints": [float(v) for v in flat]}
+    """A COCO result entry for oracle keypoints, through the same :class:`Pose` every predictor returns."""
+    return Pose(keypoints=np.concatenate([points, np.ones((17, 1))], axis=1), score=1.0).to_coco(image_id)
 
 
 def oracle_scores(annotations: Path, seed: int = 0) -> dict[str, dict[str, float]]:
@@ -53,7 +55,7 @@ def oracle_scores(annotations: Path, seed: int = 0) -> dict[str, dict[str, float
     coco = load_coco_keypoints(annotations)
     people = _people(coco)
     if not people:
-        raise SystemExit(f"error: {annotations} has no person with {MIN_LABELLED} or more labelled keypoints")
+        raise DatasetError(f"{annotations} has no person with {MIN_LABELLED} or more labelled keypoints")
     normalised = []
     for _, keypoints in people:
         centre, height = _frame(keypoints)
@@ -106,7 +108,7 @@ def model_errors(checkpoint: Path, annotations: Path, images: Path, limit: int) 
             swapped_better.append(swapped[labelled].sum() < distance[best][labelled].sum())
             centre_errors.append(np.linalg.norm(predicted[best][labelled].mean(axis=0) - centre) / height)
     if not errors:
-        raise SystemExit(f"error: {checkpoint} predicts no person on the first {limit} images")
+        raise PoetError(f"{checkpoint} predicts no person on the first {limit} images of {annotations}")
     per_keypoint = np.nanmedian(np.stack(errors), axis=0)
     report = {name: float(value) for name, value in zip(KEYPOINT_NAMES, per_keypoint, strict=True)}
     report["centre"] = float(np.median(centre_errors))
@@ -123,12 +125,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.checkpoint and not args.images:
         parser.error("--checkpoint needs --images")
+    try:
+        scores = oracle_scores(args.annotations)
+        errors = model_errors(args.checkpoint, args.annotations, args.images, args.limit) if args.checkpoint else {}
+    except PoetError as error:
+        parser.exit(2, f"error: {error}\n")
     print(f"oracle predictions on {args.annotations} (OKS AP / AP50):")
-    for name, stats in oracle_scores(args.annotations).items():
+    for name, stats in scores.items():
         print(f"  {name:40s} {stats['AP']:.3f} / {stats['AP50']:.3f}")
-    if args.checkpoint:
+    if errors:
         print(f"{args.checkpoint}: median error as a fraction of the person's height")
-        for name, value in model_errors(args.checkpoint, args.annotations, args.images, args.limit).items():
+        for name, value in errors.items():
             print(f"  {name:50s} {value:.3f}")
 
 

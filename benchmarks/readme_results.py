@@ -36,6 +36,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 def results_section(run: Path, where: str) -> str:
     """The section body: where and when, time per stage, held-out accuracy, and the benchmark table."""
     summary = _read_json(run / "summary.json")
+    missing = {"finished", "train_images", "val_images", "recipe", "accuracy", "seconds", "bench"} - set(summary)
+    if missing:
+        raise PoetError(f"{run / 'summary.json'} lacks {', '.join(sorted(missing))}: not a `poet quickstart` summary")
     bench = _read_json(run / summary["bench"])
     env = bench["environment"]
     recipe = summary["recipe"]

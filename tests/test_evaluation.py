@@ -104,5 +104,8 @@ def test_keypoint_precision_oracles_and_model_errors(tmp_path, tiny_checkpoint):
     aps = [stats["AP"] for name, stats in scores.items() if name.startswith("truth")]
     assert aps == sorted(aps, reverse=True) and aps[0] > 0.5 and aps[-1] < aps[0] / 2
     assert scores["mean pose at true centre and height"]["AP"] < aps[0] / 2
+    empty = generate_dataset(tmp_path / "empty", 0, split="val2017", image_size=(64, 64), progress=False)
+    with pytest.raises(DatasetError, match="no person with 10 or more"):
+        oracle_scores(empty)
     errors = model_errors(tiny_checkpoint, annotations, tmp_path / "val2017", limit=5)
     assert set(errors) >= {"nose", "right_ankle", "centre"} and all(value >= 0 for value in errors.values())

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import cv2
+import json
 
+import cv2
+import pytest
+
+from poet.benchmarks.readme_results import BEGIN, END, results_section
+from poet.benchmarks.readme_results import main as readme_results
 from poet.cli import main
+from poet.errors import PoetError
 
 
 def test_quickstart_writes_report_checkpoint_and_drawings(tmp_path, capsys):
@@ -27,14 +33,6 @@ def test_quickstart_writes_report_checkpoint_and_drawings(tmp_path, capsys):
 
 def check_readme_results(run, tmp_path):
     """The README's Results section is generated from that run's own files, between its markers only."""
-    import json
-
-    import pytest
-
-    from poet.benchmarks.readme_results import BEGIN, END, results_section
-    from poet.benchmarks.readme_results import main as readme_results
-    from poet.errors import PoetError
-
     summary = json.loads((run / "summary.json").read_text())
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n## Results\n\n{BEGIN}\nold figures\n{END}\n\n## Next\n")
@@ -48,3 +46,7 @@ def check_readme_results(run, tmp_path):
     assert exit_info.value.code == 2 and readme.read_text() == "# no markers\n"
     with pytest.raises(PoetError, match="summary.json is missing"):
         results_section(tmp_path / "nothing", "x")
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "summary.json").write_text('{"bench": "bench/bench.json"}')
+    with pytest.raises(PoetError, match="lacks accuracy"):
+        results_section(tmp_path / "partial", "x")
