@@ -115,10 +115,11 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
     )
     timings["export, variants and benchmark"] = time.perf_counter() - started - sum(timings.values())
 
+    architecture = config.model_config().backbone_description
     lines = [
         "# poet-edge quickstart",
         "",
-        f"Checkpoint: `{checkpoint.relative_to(output)}` ({config.backbone}, {config.hidden_dim}-wide transformer, "
+        f"Checkpoint: `{checkpoint.relative_to(output)}` ({architecture}, {config.hidden_dim}-wide transformer, "
         f"input {config.input_size[0]}x{config.input_size[1]}, {config.epochs} epochs on {train_images} images).",
         "",
         format_table(stats, f"## OKS AP on {val_images} held-out synthetic images"),
@@ -145,7 +146,16 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
         "val_images": val_images,
         "recipe": {
             key: getattr(config, key)
-            for key in ("backbone", "input_size", "hidden_dim", "enc_layers", "dec_layers", "epochs", "batch_size")
+            for key in (
+                "backbone",
+                "backbone_width",
+                "input_size",
+                "hidden_dim",
+                "enc_layers",
+                "dec_layers",
+                "epochs",
+                "batch_size",
+            )
         },
         "accuracy": {key: round(value, 4) for key, value in stats.items()},
         "seconds": {stage: round(seconds, 1) for stage, seconds in timings.items()},

@@ -23,7 +23,7 @@ from poet.train.engine import Trainer
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs/bench-synthetic"), help="data and run folder")
-    parser.add_argument("--train-images", type=int, default=3000, help="training images (default: 3000, as quickstart)")
+    parser.add_argument("--train-images", type=int, default=6000, help="training images (default: 6000, as quickstart)")
     parser.add_argument("--val-images", type=int, default=200, help="held-out synthetic images (default: 200)")
     parser.add_argument("--recipe", type=Path, default=RECIPE, help="training config (default: the small recipe)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")

@@ -91,6 +91,7 @@ def config_from_state_dict(state: dict[str, torch.Tensor], hints: dict[str, Any]
         raise CheckpointError(f"unrecognised ResNet backbone with {blocks} blocks per stage")
     derived = {
         "backbone": backbone,
+        "backbone_width": int(state["backbone.0.body.conv1.weight"].shape[0]),
         "hidden_dim": int(hidden_dim),
         "num_queries": int(num_queries),
         "dim_feedforward": int(dim_feedforward),

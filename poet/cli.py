@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quickstart", help="the whole pipeline on embedded synthetic people (no download, no GPU)"
     )
     quick.add_argument("--output", type=Path, default=Path("runs/quickstart"), help="output folder")
-    quick.add_argument("--train-images", type=int, default=3000, help="synthetic training images (default: 3000)")
+    quick.add_argument("--train-images", type=int, default=6000, help="synthetic training images (default: 6000)")
     quick.add_argument("--val-images", type=int, default=200, help="held-out synthetic images (default: 200)")
     quick.add_argument("--epochs", type=int, help="override the recipe's epochs")
     args = parser.parse_args(argv)

@@ -108,7 +108,12 @@ def test_our_format_round_trips_weights_config_and_preprocessing(authors_file, t
 
 
 def test_small_variants_round_trip(tmp_path, tiny_config):
-    for config in (tiny_config, tiny_config.replace(pre_norm=True, position_embedding="learned", num_queries=9)):
+    variants = (
+        tiny_config,
+        tiny_config.replace(pre_norm=True, position_embedding="learned", num_queries=9),
+        tiny_config.replace(backbone_width=16, frozen_batchnorm=False),
+    )
+    for config in variants:
         model = build_model(config)
         save_checkpoint(tmp_path / "m.pth", model)
         assert read_checkpoint(tmp_path / "m.pth").config == config
@@ -164,6 +169,9 @@ def test_backbone_weights_from_a_local_file_only(tmp_path, tiny_config):
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "resnet34.pth")
     with pytest.raises(CheckpointError, match="resnet34.pth does not fit"):
         load_backbone_weights(model.backbone.body, tmp_path / "resnet34.pth")
+    narrow = build_model(tiny_config.replace(backbone_width=32))
+    with pytest.raises(CheckpointError, match="resnet18.pth has tensors of the wrong shape"):
+        load_backbone_weights(narrow.backbone.body, tmp_path / "resnet18.pth")
 
 
 def test_config_rejects_impossible_architectures():
@@ -171,3 +179,5 @@ def test_config_rejects_impossible_architectures():
         PoetConfig(backbone="vgg16")
     with pytest.raises(ValueError, match="cannot be dilated"):
         PoetConfig(backbone="resnet18", dilation5=True)
+    with pytest.raises(ValueError, match="backbone_width must be a positive multiple of 8"):
+        PoetConfig(backbone_width=20)

@@ -29,6 +29,27 @@ def test_default_model_has_the_authors_state_dict_layout(state_dict_listing):
     assert sum(t.numel() for t in state.values()) == 41_607_928
 
 
+@pytest.mark.parametrize(("backbone", "width"), [("resnet18", 16), ("resnet50", 8)])
+def test_narrow_backbone_scales_every_stage_and_keeps_torchvisions_names(backbone, width):
+    import torchvision
+
+    config = PoetConfig(backbone=backbone, backbone_width=width, frozen_batchnorm=False)
+    body = build_model(config).backbone.body.body
+    standard = getattr(torchvision.models, backbone)(weights=None).state_dict()
+    narrow = body.state_dict()
+    assert set(narrow) == {k for k in standard if not k.startswith("fc.")}
+    for key, tensor in narrow.items():
+        if tensor.ndim:
+            # Every channel count is the standard one scaled by width/64 (the RGB input stays 3).
+            expected = [
+                n if (key.endswith("conv1.weight") and i == 1 and n == 3) else n * width // 64
+                for i, n in enumerate(standard[key].shape[:2])
+            ]
+            assert list(tensor.shape[:2]) == expected, key
+    features = body(torch.randn(1, 3, 64, 96))["0"]
+    assert features.shape == (1, config.backbone_channels, 2, 3)
+
+
 def test_tiny_model_trains_forward_and_backward_on_cpu(tiny_config):
     torch.manual_seed(0)
     model = build_model(tiny_config).train()

@@ -42,6 +42,7 @@ class TrainConfig:
     input_size: list[int] = field(default_factory=lambda: list(PreprocessConfig().input_size))
     # Model: the PoetConfig fields, with its defaults (one source, so the two cannot drift apart).
     backbone: str = _MODEL_DEFAULTS.backbone
+    backbone_width: int = _MODEL_DEFAULTS.backbone_width
     frozen_batchnorm: bool = _MODEL_DEFAULTS.frozen_batchnorm
     padding_invariant: bool = _MODEL_DEFAULTS.padding_invariant
     dilation4: bool = _MODEL_DEFAULTS.dilation4
@@ -120,6 +121,8 @@ HELP = {
     "val_images": "validation image folder (overrides --data)",
     "input_size": "letterbox height and width the model is trained and exported at",
     "backbone": "resnet18, resnet34, resnet50, resnet101 or resnet152",
+    "backbone_width": "channels of the ResNet stem; 64 is torchvision's (ImageNet weights), 32 or 16 train "
+    "from scratch faster on a CPU",
     "frozen_batchnorm": "the authors' frozen batch norm; --no-frozen-batchnorm trains BN (from scratch)",
     "padding_invariant": "zero the letterbox padding inside the ResNet (poses independent of padding); "
     "--no-padding-invariant is the authors' model exactly",
