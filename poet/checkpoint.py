@@ -83,6 +83,7 @@ def config_from_state_dict(state: dict[str, torch.Tensor], hints: dict[str, Any]
     try:
         num_queries, hidden_dim = state["query_embed.weight"].shape
         dim_feedforward = state["transformer.encoder.layers.0.linear1.weight"].shape[0]
+        stem_width = state["backbone.0.body.conv1.weight"].shape[0]
     except KeyError as missing:
         raise CheckpointError(f"state dict has no {missing} tensor: not a POET model") from None
     blocks = tuple(_count_layers(state, f"backbone.0.body.layer{stage}.") for stage in range(1, 5))
@@ -91,7 +92,7 @@ def config_from_state_dict(state: dict[str, torch.Tensor], hints: dict[str, Any]
         raise CheckpointError(f"unrecognised ResNet backbone with {blocks} blocks per stage")
     derived = {
         "backbone": backbone,
-        "backbone_width": int(state["backbone.0.body.conv1.weight"].shape[0]),
+        "backbone_width": int(stem_width),
         "hidden_dim": int(hidden_dim),
         "num_queries": int(num_queries),
         "dim_feedforward": int(dim_feedforward),

@@ -69,6 +69,24 @@ def test_loader_reads_coco_mini_train_and_val(coco_mini):
             assert torch.equal(keypoints[:, 2] == 0, no_visible)
 
 
+def test_batch_without_padding_has_no_mask_and_the_same_outputs(coco_mini):
+    """Same-size images need no padding mask; the model's answer is the one an all-False mask gives."""
+    dataset = CocoKeypoints(
+        coco_mini / "annotations" / "person_keypoints_val2017.json",
+        coco_mini / "val2017",
+        PreprocessConfig(input_size=(128, 128)),
+    )
+    mixed = collate([dataset[i] for i in range(4)])  # photographs of different shapes: padded
+    assert mixed.mask is not None and mixed.mask.any()
+    same = collate([dataset[0], dataset[0]])
+    assert same.mask is None
+    model = build_model(PoetConfig(**TINY_MODEL, dropout=0.0)).eval()
+    all_false = torch.zeros(2, *same.images.shape[2:], dtype=torch.bool)
+    without, with_false = model(same.images, None), model(same.images, all_false)
+    for key in ("pred_logits", "pred_kpts"):
+        assert torch.equal(without[key], with_false[key])
+
+
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(coco_mini):
     torch.manual_seed(0)
     dataset = CocoKeypoints(
@@ -158,6 +176,11 @@ def test_config_file_and_flags(tmp_path):
     (tmp_path / "typo.yaml").write_text("epohcs: 3\n")
     with pytest.raises(PoetError, match="unknown options epohcs"):
         parse_config(["--config", str(tmp_path / "typo.yaml")])
+    (tmp_path / "narrow.yaml").write_text("backbone: resnet18\nbackbone_width: 20\n")
+    with pytest.raises(PoetError, match="bad training options: backbone_width must be a positive multiple of 8"):
+        parse_config(["--config", str(tmp_path / "narrow.yaml")])
+    with pytest.raises(PoetError, match="bad training options: backbone must be one of"):
+        parse_config(["--backbone", "vgg16"])
 
 
 def test_sigkill_during_checkpoint_write_leaves_previous_checkpoint_intact(tmp_path, tiny_config):

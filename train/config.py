@@ -219,6 +219,8 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         values.update(read_config_file(config_file))
     values.update(args)
     try:
-        return TrainConfig(**json.loads(json.dumps(values)))
-    except TypeError as error:
+        config = TrainConfig(**json.loads(json.dumps(values)))
+        config.model_config()  # the architecture is checked now, not after the data has been indexed
+    except (TypeError, ValueError) as error:
         raise PoetError(f"bad training options: {error}") from error
+    return config

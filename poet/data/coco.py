@@ -37,17 +37,20 @@ class Sample:
 
 @dataclass
 class Batch:
-    """Padded images, padding mask, per-image targets, and how many images of this batch were skipped."""
+    """Padded images, padding mask, per-image targets, and how many images of this batch were skipped.
+
+    ``mask`` is None when no image of the batch is padded, so the model skips zeroing padding it does not have.
+    """
 
     images: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     targets: list[dict[str, torch.Tensor]]
     skipped: int = 0
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.images.to(device, non_blocking=True),
-            self.mask.to(device, non_blocking=True),
+            None if self.mask is None else self.mask.to(device, non_blocking=True),
             [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in self.targets],
             self.skipped,
         )
@@ -150,4 +153,5 @@ def collate(samples: Sequence[Sample | None]) -> Batch:
     if not kept:
         return Batch(torch.zeros(0, 3, 32, 32), torch.zeros(0, 32, 32, dtype=torch.bool), [], len(samples))
     images, mask = pad_batch([s.image.numpy() for s in kept])
-    return Batch(torch.from_numpy(images), torch.from_numpy(mask), [s.target for s in kept], len(samples) - len(kept))
+    padding = torch.from_numpy(mask) if mask.any() else None
+    return Batch(torch.from_numpy(images), padding, [s.target for s in kept], len(samples) - len(kept))

