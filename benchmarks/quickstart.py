@@ -153,8 +153,10 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
                 "hidden_dim",
                 "enc_layers",
                 "dec_layers",
+                "num_queries",
                 "epochs",
                 "batch_size",
+                "encoder_aux_coef",
             )
         },
         "accuracy": {key: round(value, 4) for key, value in stats.items()},

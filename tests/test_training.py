@@ -108,8 +108,9 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(coco_mini):
     assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5]), losses
 
 
-def test_resumed_run_reproduces_the_uninterrupted_run_exactly(coco_mini, tmp_path):
-    settings = dict(epochs=3, max_steps_per_epoch=3, lr_drops=[2], dropout=0.1)
+@pytest.mark.parametrize("encoder_aux_coef", [0.0, 1.0], ids=["authors", "encoder-aux"])
+def test_resumed_run_reproduces_the_uninterrupted_run_exactly(coco_mini, tmp_path, encoder_aux_coef):
+    settings = dict(epochs=3, max_steps_per_epoch=3, lr_drops=[2], dropout=0.1, encoder_aux_coef=encoder_aux_coef)
     straight = Trainer(tiny_training(coco_mini, tmp_path / "straight", **settings))
     straight.fit()
     interrupted = Trainer(tiny_training(coco_mini, tmp_path / "resumed", **{**settings, "epochs": 1}))
@@ -121,11 +122,27 @@ def test_resumed_run_reproduces_the_uninterrupted_run_exactly(coco_mini, tmp_pat
     resumed.fit()
     for epoch in (1, 2):
         assert resumed.step_losses[epoch] == straight.step_losses[epoch]
-    final_a = read_checkpoint(tmp_path / "straight" / "checkpoint.pth").state_dict
-    final_b = read_checkpoint(tmp_path / "resumed" / "checkpoint.pth").state_dict
-    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    final_a = read_checkpoint(tmp_path / "straight" / "checkpoint.pth")
+    final_b = read_checkpoint(tmp_path / "resumed" / "checkpoint.pth")
+    assert all(torch.equal(final_a.state_dict[k], final_b.state_dict[k]) for k in final_a.state_dict)
     rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("epoch,lr,loss")
+    # The training-only encoder head resumes too, outside the model's (the authors') state dict.
+    assert ("encoder_head" in final_a.extra) == (encoder_aux_coef > 0)
+    assert not any(key.startswith("head.") for key in final_a.state_dict)
+    if encoder_aux_coef > 0:
+        head_a, head_b = final_a.extra["encoder_head"], final_b.extra["encoder_head"]
+        assert all(torch.equal(head_a[k], head_b[k]) for k in head_a)
+        assert "loss_enc_kpts" in rows[0]
+
+
+def test_resuming_with_the_encoder_head_needs_a_checkpoint_that_has_one(coco_mini, tmp_path):
+    Trainer(tiny_training(coco_mini, tmp_path, max_steps_per_epoch=1)).fit()
+    resumed = tiny_training(
+        coco_mini, tmp_path, epochs=2, encoder_aux_coef=1.0, resume=str(tmp_path / "checkpoint.pth")
+    )
+    with pytest.raises(PoetError, match="trained without --encoder-aux-coef"):
+        Trainer(resumed)
 
 
 def test_one_epoch_on_coco_mini_with_evaluation_and_best_checkpoint(coco_mini, tmp_path):
@@ -181,6 +198,8 @@ def test_config_file_and_flags(tmp_path):
         parse_config(["--config", str(tmp_path / "narrow.yaml")])
     with pytest.raises(PoetError, match="bad training options: backbone must be one of"):
         parse_config(["--backbone", "vgg16"])
+    with pytest.raises(PoetError, match="bad training options: encoder_aux_coef must be 0"):
+        parse_config(["--encoder-aux-coef", "-1"])
 
 
 def test_sigkill_during_checkpoint_write_leaves_previous_checkpoint_intact(tmp_path, tiny_config):
@@ -211,7 +230,8 @@ def test_sigkill_during_checkpoint_write_leaves_previous_checkpoint_intact(tmp_p
     assert read_checkpoint(path).extra["epoch"] == 0
 
 
-def test_torchrun_ddp_on_cpu(coco_mini, tmp_path):
+@pytest.mark.parametrize("encoder_aux_coef", ["0", "1"], ids=["authors", "encoder-aux"])
+def test_torchrun_ddp_on_cpu(coco_mini, tmp_path, encoder_aux_coef):
     """Two processes (gloo) train one short epoch together and rank 0 writes the checkpoint."""
     command = [
         sys.executable,
@@ -242,6 +262,8 @@ def test_torchrun_ddp_on_cpu(coco_mini, tmp_path):
         "cpu",
         "--threads",
         "1",
+        "--encoder-aux-coef",
+        encoder_aux_coef,
     ]
     for key, value in TINY_MODEL.items():
         command += ["--" + key.replace("_", "-"), str(value)]

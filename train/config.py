@@ -81,6 +81,7 @@ class TrainConfig:
     deltas_loss_coef: float = 1.0
     kpts_class_loss_coef: float = 2.0
     eos_coef: float = 0.1
+    encoder_aux_coef: float = 0.0
     # Augmentation.
     flip_prob: float = 0.5
     crop_prob: float = 0.5
@@ -140,6 +141,8 @@ HELP = {
     "clip_max_norm": "gradient-norm clipping (0 disables)",
     "amp": "mixed precision on CUDA (ignored on CPU)",
     "eos_coef": "class weight of 'no object' in the cross-entropy",
+    "encoder_aux_coef": "weight of the training-only dense keypoint loss on the encoder tokens "
+    "(poet/encoder_aux.py; not in checkpoints' model or exports); 0 trains as the authors do",
     "flip_prob": "probability of a horizontal flip",
     "crop_prob": "probability of a random crop",
     "min_scale": "smallest multi-scale letterbox, as a fraction of --input-size",
@@ -221,6 +224,8 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     try:
         config = TrainConfig(**json.loads(json.dumps(values)))
         config.model_config()  # the architecture is checked now, not after the data has been indexed
+        if config.encoder_aux_coef < 0:
+            raise ValueError(f"encoder_aux_coef must be 0 (off) or positive, got {config.encoder_aux_coef}")
     except (TypeError, ValueError) as error:
         raise PoetError(f"bad training options: {error}") from error
     return config

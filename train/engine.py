@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -34,6 +35,7 @@ from poet.checkpoint import read_checkpoint, save_checkpoint
 from poet.criterion import SetCriterion
 from poet.data.coco import Batch, CocoKeypoints, collate
 from poet.data.transforms import TrainTransform
+from poet.encoder_aux import EncoderKeypointHead, EncoderKeypointLoss
 from poet.errors import DatasetError, PoetError
 from poet.evaluation import coco_split_paths
 from poet.fileio import atomic_path
@@ -147,7 +149,23 @@ def build_model_for_training(config: TrainConfig) -> POET:
     return model
 
 
-def build_optimizer(model: POET, config: TrainConfig) -> torch.optim.AdamW:
+class PoetWithEncoderHead(nn.Module):
+    """POET and the training-only encoder head as one module, so DDP synchronises the head's gradients too."""
+
+    def __init__(self, model: POET, head: EncoderKeypointHead) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None) -> dict[str, Any]:
+        outputs = self.model(images, mask, return_memory=True)
+        memory = outputs.pop("encoder_memory")
+        outputs["encoder_predictions"] = self.head(memory)
+        outputs["encoder_size"] = tuple(memory.shape[-2:])
+        return outputs
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with the backbone at its own learning rate (the authors' two parameter groups)."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in trainable if "backbone" not in n], "lr": config.lr}]
@@ -233,7 +251,17 @@ class Trainer:
             num_decoder_layers=self.model.config.dec_layers,
             aux_loss=self.model.config.aux_loss,
         ).to(self.device)
-        self.optimizer = build_optimizer(self.model, config)
+        # Training-only dense supervision of the encoder tokens (poet/encoder_aux.py), off by default.
+        self.encoder_head: EncoderKeypointHead | None = None
+        self.encoder_loss: EncoderKeypointLoss | None = None
+        self.trained: nn.Module = self.model
+        if config.encoder_aux_coef > 0:
+            self.encoder_head = EncoderKeypointHead(self.model.config.hidden_dim).to(self.device)
+            self.encoder_loss = EncoderKeypointLoss(
+                config.encoder_aux_coef, config.kpts_loss_coef, config.ctrs_loss_coef, config.deltas_loss_coef
+            )
+            self.trained = PoetWithEncoderHead(self.model, self.encoder_head)
+        self.optimizer = build_optimizer(self.trained, config)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=config.lr_drops, gamma=config.lr_gamma
         )
@@ -266,10 +294,10 @@ class Trainer:
             raise DatasetError(
                 f"{len(self.train_set)} training images per process are fewer than one batch of {config.batch_size}"
             )
-        self.ddp_model: torch.nn.Module = self.model
+        self.ddp_model: torch.nn.Module = self.trained
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+            self.ddp_model = DistributedDataParallel(self.trained, device_ids=ids)
         self.writer = self._tensorboard() if self.dist.is_main else None
 
     def _tensorboard(self) -> Any:
@@ -292,6 +320,13 @@ class Trainer:
                 "(use --finetune to start from its weights)"
             )
         self.model.load_state_dict(checkpoint.state_dict)
+        if self.encoder_head is not None:
+            if "encoder_head" not in state:
+                raise PoetError(
+                    f"{path} was trained without --encoder-aux-coef: resume it with --encoder-aux-coef 0 "
+                    "or start from its weights with --finetune"
+                )
+            self.encoder_head.load_state_dict(state["encoder_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         scheduler_state = dict(state["scheduler"])
         scheduler_state["milestones"] = Counter(scheduler_state["milestones"])
@@ -304,7 +339,7 @@ class Trainer:
         logger.info("resumed from %s at epoch %d", path, self.start_epoch)
 
     def train_one_epoch(self, epoch: int) -> EpochStats:
-        self.model.train()
+        self.trained.train()
         self.criterion.train()
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
@@ -343,6 +378,11 @@ class Trainer:
         outputs = _to_float32(outputs)
         losses = self.criterion(outputs, batch.targets)
         total = self.criterion.weighted_total(losses)
+        if self.encoder_loss is not None:
+            canvas = (batch.images.shape[-2], batch.images.shape[-1])
+            dense = self.encoder_loss(outputs["encoder_predictions"], outputs["encoder_size"], canvas, batch.targets)
+            total = total + self.encoder_loss.weighted_total(dense)
+            losses.update(dense)
         stats.seconds["matching_and_loss"] += timer.lap()
         # The final layer's terms and the total, copied to the host in one transfer (one sync on a GPU).
         names = [name for name in losses if not name[-1].isdigit()]
@@ -355,7 +395,7 @@ class Trainer:
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         if self.config.clip_max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_max_norm)
+            torch.nn.utils.clip_grad_norm_(self.trained.parameters(), self.config.clip_max_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         stats.seconds["backward_and_step"] += timer.lap()
@@ -394,6 +434,7 @@ class Trainer:
             best_ap=self.best_ap,
             history=self.history,
             train_config=self.config.to_dict(),
+            **({} if self.encoder_head is None else {"encoder_head": self.encoder_head.state_dict()}),
         )
 
     def _log(self, row: dict[str, Any]) -> None:

@@ -56,6 +56,7 @@ class POET(nn.Module):
     ``images`` is ``[B,3,H,W]`` already normalised; ``mask`` ``[B,H,W]`` is True on padding (None:
     no padding). ``pred_kpts`` is already passed through a sigmoid. With ``aux_loss`` the dict also
     holds ``aux_outputs`` for decoder layers 1..L-1, as the authors' model does in eval mode too.
+    ``return_memory`` adds the encoder memory ``[B,C,h,w]`` as ``encoder_memory`` (for training-only heads).
     ``config`` and ``preprocess`` travel with the model so checkpoints and exporters can read them.
     """
 
@@ -70,11 +71,13 @@ class POET(nn.Module):
         self.input_proj = nn.Conv2d(config.backbone_channels, config.hidden_dim, kernel_size=1)
         self.backbone = BackboneWithPosition(config)
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, object]:
+    def forward(
+        self, images: torch.Tensor, mask: torch.Tensor | None = None, return_memory: bool = False
+    ) -> dict[str, object]:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"POET expects images of shape [B,3,H,W], got {list(images.shape)}")
         features, feature_mask, pos = self.backbone(images, mask)
-        states = self.transformer(self.input_proj(features), feature_mask, self.query_embed.weight, pos)
+        states, memory = self.transformer(self.input_proj(features), feature_mask, self.query_embed.weight, pos)
         logits = self.class_embed(states)
         keypoints = self.kpt_embed(states).sigmoid()
         outputs: dict[str, object] = {"pred_logits": logits[-1], "pred_kpts": keypoints[-1]}
@@ -83,6 +86,8 @@ class POET(nn.Module):
                 {"pred_logits": layer_logits, "pred_kpts": layer_kpts}
                 for layer_logits, layer_kpts in zip(logits[:-1], keypoints[:-1], strict=True)
             ]
+        if return_memory:
+            outputs["encoder_memory"] = memory
         return outputs
 
 

@@ -144,8 +144,9 @@ class Transformer(nn.Module):
 
     def forward(
         self, features: torch.Tensor, mask: torch.Tensor, query_embed: torch.Tensor, pos: torch.Tensor
-    ) -> torch.Tensor:
-        """features, pos [B,C,h,w]; mask [B,h,w]; query_embed [Q,C] -> decoder states [layers, B, Q, C]."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features, pos [B,C,h,w]; mask [B,h,w]; query_embed [Q,C] -> decoder states [layers, B, Q, C] and
+        the encoder memory [B,C,h,w] (as DETR's transformer returns it)."""
         batch = features.shape[0]
         src = features.flatten(2).permute(2, 0, 1)
         pos_seq = pos.flatten(2).permute(2, 0, 1)
@@ -153,4 +154,4 @@ class Transformer(nn.Module):
         query_pos = query_embed.unsqueeze(1).expand(-1, batch, -1)
         memory = self.encoder(src, padding_mask, pos_seq)
         states = self.decoder(torch.zeros_like(query_pos), memory, padding_mask, pos_seq, query_pos)
-        return states.transpose(1, 2)
+        return states.transpose(1, 2), memory.permute(1, 2, 0).reshape(features.shape)
