@@ -26,6 +26,20 @@ def coco_mini() -> Path:
     return _shared("data/coco-mini")
 
 
+@pytest.fixture
+def coco_mini_batch(coco_mini: Path):
+    """The first four coco-mini validation photographs as one padded 128x128 training batch."""
+    from poet.data.coco import CocoKeypoints, collate
+    from poet.processing import PreprocessConfig
+
+    dataset = CocoKeypoints(
+        coco_mini / "annotations" / "person_keypoints_val2017.json",
+        coco_mini / "val2017",
+        PreprocessConfig(input_size=(128, 128)),
+    )
+    return collate([dataset[i] for i in range(4)])
+
+
 @pytest.fixture(scope="session")
 def state_dict_listing() -> Path:
     """The authors' POET-R50 state-dict key/shape listing."""

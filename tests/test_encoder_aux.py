@@ -6,11 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from poet.data.coco import CocoKeypoints, collate
 from poet.data.targets import encode_targets
 from poet.encoder_aux import EncoderKeypointHead, EncoderKeypointLoss
 from poet.model import PoetConfig, build_model
-from poet.processing import PreprocessConfig
 from poet.train.engine import PoetWithEncoderHead
 
 GRID = (4, 4)  # feature map of a 128x128 canvas at stride 32
@@ -93,14 +91,9 @@ def test_a_token_covering_two_people_belongs_to_the_nearer_centre():
     assert wrong_owner["loss_enc_kpts"] > 1e-2 and wrong_owner["loss_enc_obj"] < 1e-4
 
 
-def test_the_head_learns_and_poet_stays_the_authors_model(coco_mini):
+def test_the_head_learns_and_poet_stays_the_authors_model(coco_mini_batch):
     torch.manual_seed(0)
-    dataset = CocoKeypoints(
-        coco_mini / "annotations" / "person_keypoints_val2017.json",
-        coco_mini / "val2017",
-        PreprocessConfig(input_size=(128, 128)),
-    )
-    batch = collate([dataset[i] for i in range(4)])
+    batch = coco_mini_batch
     config = PoetConfig(backbone="resnet18", backbone_width=16, hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1)
     poet = build_model(config)
     plain_keys = set(poet.state_dict())

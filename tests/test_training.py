@@ -87,14 +87,9 @@ def test_batch_without_padding_has_no_mask_and_the_same_outputs(coco_mini):
         assert torch.equal(without[key], with_false[key])
 
 
-def test_a_few_steps_on_a_fixed_batch_lower_the_loss(coco_mini):
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(coco_mini_batch):
     torch.manual_seed(0)
-    dataset = CocoKeypoints(
-        coco_mini / "annotations" / "person_keypoints_val2017.json",
-        coco_mini / "val2017",
-        PreprocessConfig(input_size=(128, 128)),
-    )
-    batch = collate([dataset[i] for i in range(4)])
+    batch = coco_mini_batch
     model = build_model(PoetConfig(**TINY_MODEL, dropout=0.0)).train()
     criterion = SetCriterion(num_decoder_layers=2)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
