@@ -18,6 +18,7 @@ from typing import Any
 from poet.benchmarks.bench_report import markdown_table
 from poet.errors import PoetError
 from poet.fileio import atomic_path
+from poet.model.config import PoetConfig
 
 BEGIN = "<!-- results:begin -->"
 END = "<!-- results:end -->"
@@ -47,8 +48,9 @@ def results_section(run: Path, where: str) -> str:
     accuracy = summary["accuracy"]
     stages = ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items())
     height, width = recipe["input_size"]
-    stem = recipe.get("backbone_width", 64)
-    backbone = recipe["backbone"] if stem == 64 else f"{recipe['backbone']} at width {stem}"
+    backbone = PoetConfig(
+        backbone=recipe["backbone"], backbone_width=recipe.get("backbone_width", 64)
+    ).backbone_description
     queries = f" with {recipe['num_queries']} queries" if "num_queries" in recipe else ""
     dense = recipe.get("encoder_aux_coef", 0)
     dense_note = f", dense encoder supervision at weight {dense:g}" if dense else ""

@@ -40,6 +40,10 @@ def check_readme_results(run, tmp_path):
     text = readme.read_text()
     assert "old figures" not in text and text.startswith("# title") and text.endswith(f"{END}\n\n## Next\n")
     assert f"AP {summary['accuracy']['AP']:.3f}" in text and "| onnx-int8 | 1 |" in text and "a test" in text
+    recipe = summary["recipe"]
+    assert f"- Model: {recipe['backbone']} at width {recipe['backbone_width']} + " in text
+    assert f"with {recipe['num_queries']} queries" in text
+    assert f"dense encoder supervision at weight {recipe['encoder_aux_coef']:g}" in text
     readme.write_text("# no markers\n")
     with pytest.raises(SystemExit) as exit_info:
         readme_results([str(run), "--readme", str(readme)])
