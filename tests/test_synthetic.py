@@ -171,3 +171,34 @@ def test_min_height_and_max_people_shape_the_people(tmp_path):
     assert large > 1.25 * small and crowd_small <= 2 and crowd_large <= 2
     with pytest.raises(ValueError, match="min_height"):
         generate_dataset(tmp_path / "bad", 1, min_height=0.95, progress=False)
+
+
+def _area_over_height_squared(annotations: list[dict]) -> float:
+    """Median area / (vertical extent of the labelled keypoints)^2 of people with 14 or more labelled.
+
+    Nearly whole people only: with fewer keypoints their extent falls short of their height.
+    """
+    ratios = []
+    for annotation in annotations:
+        keypoints = _keypoints(annotation)
+        labelled = keypoints[keypoints[:, 2] > 0]
+        if annotation.get("iscrowd") or len(labelled) < 14:
+            continue
+        ratios.append(annotation["area"] / max(float(np.ptp(labelled[:, 1])), 1.0) ** 2)
+    return float(np.median(ratios))
+
+
+def test_figures_are_as_broad_as_cocos_people_so_oks_judges_them_alike(tmp_path, coco_mini):
+    # OKS forgives an error in proportion to sqrt(area): stick-thin figures would be scored more strictly.
+    annotation_path = generate_dataset(tmp_path, 150, image_size=(128, 128), seed=5, progress=False)
+    synthetic = _area_over_height_squared(json.loads(annotation_path.read_text())["annotations"])
+    real = _area_over_height_squared(
+        [
+            annotation
+            for split in SPLITS
+            for annotation in json.loads(
+                (coco_mini / "annotations" / f"person_keypoints_{split}.json").read_text()
+            )["annotations"]
+        ]
+    )
+    assert abs(synthetic - real) / real < 0.12, (synthetic, real)
