@@ -192,13 +192,6 @@ def test_figures_are_as_broad_as_cocos_people_so_oks_judges_them_alike(tmp_path,
     # OKS forgives an error in proportion to sqrt(area): stick-thin figures would be scored more strictly.
     annotation_path = generate_dataset(tmp_path, 150, image_size=(128, 128), seed=5, progress=False)
     synthetic = _area_over_height_squared(json.loads(annotation_path.read_text())["annotations"])
-    real = _area_over_height_squared(
-        [
-            annotation
-            for split in SPLITS
-            for annotation in json.loads(
-                (coco_mini / "annotations" / f"person_keypoints_{split}.json").read_text()
-            )["annotations"]
-        ]
-    )
+    real_files = [coco_mini / "annotations" / f"person_keypoints_{split}.json" for split in SPLITS]
+    real = _area_over_height_squared([a for path in real_files for a in json.loads(path.read_text())["annotations"]])
     assert abs(synthetic - real) / real < 0.12, (synthetic, real)
