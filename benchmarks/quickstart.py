@@ -154,6 +154,7 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
                 "enc_layers",
                 "dec_layers",
                 "num_queries",
+                "keypoint_refinement",
                 "epochs",
                 "batch_size",
                 "encoder_aux_coef",

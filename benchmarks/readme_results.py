@@ -52,6 +52,9 @@ def results_section(run: Path, where: str) -> str:
         backbone=recipe["backbone"], backbone_width=recipe.get("backbone_width", 64)
     ).backbone_description
     queries = f" with {recipe['num_queries']} queries" if "num_queries" in recipe else ""
+    refined = (
+        " and keypoint refinement from the stride-8 and stride-4 maps" if recipe.get("keypoint_refinement") else ""
+    )
     dense = recipe.get("encoder_aux_coef", 0)
     dense_note = f", dense encoder supervision at weight {dense:g}" if dense else ""
     return "\n".join(
@@ -62,9 +65,9 @@ def results_section(run: Path, where: str) -> str:
             + f"; torch {env['versions'].get('torch', '?')}, onnxruntime {env['versions'].get('onnxruntime', '?')}).",
             "",
             f"- Wall time: {total / 60:.1f} min ({stages}).",
-            f"- Model: {backbone} + {recipe['enc_layers']}/{recipe['dec_layers']}-layer transformer{queries} at "
-            f"{height}x{width}, {recipe['epochs']} epochs of {summary['train_images']} synthetic images, batch "
-            f"{recipe['batch_size']}{dense_note}.",
+            f"- Model: {backbone} + {recipe['enc_layers']}/{recipe['dec_layers']}-layer transformer{queries}"
+            f"{refined} at {height}x{width}, {recipe['epochs']} epochs of {summary['train_images']} synthetic "
+            f"images, batch {recipe['batch_size']}{dense_note}.",
             f"- Held-out OKS AP on {summary['val_images']} synthetic images: AP {accuracy['AP']:.3f}, "
             f"AP50 {accuracy['AP50']:.3f}, AR {accuracy['AR']:.3f}, AR50 {accuracy['AR50']:.3f}.",
             "",

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from poet.checkpoint import load_model
+from poet.checkpoint import load_model, save_checkpoint
 from poet.errors import CheckpointError
 from poet.images import read_image
 from poet.model import build_model
@@ -91,6 +91,24 @@ def test_authors_checkpoint_exports_and_matches_pytorch(tmp_path, tiny_config, p
     batch, mask, _ = preprocess(photos[:1], model.preprocess)
     for ours, reference in zip(_run(result.path, batch, mask), _torch(model, batch, mask), strict=True):
         np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
+
+
+def test_keypoint_refinement_exports_and_matches_pytorch_on_letterboxed_photographs(tmp_path, tiny_config, photos):
+    """The refiners sample the finer maps inside the unpadded image (GridSample in the graph): padding must
+    shift no keypoint between PyTorch and ONNX Runtime."""
+    torch.manual_seed(2)
+    model = build_model(tiny_config.replace(keypoint_refinement=True), PreprocessConfig(input_size=(128, 128)))
+    for refiner in model.refiners.values():
+        torch.nn.init.normal_(refiner.shift.weight, std=0.05)  # a fresh refiner would change nothing
+    checkpoint = tmp_path / "refined.pth"
+    save_checkpoint(checkpoint, model)
+    result = export_onnx(checkpoint, tmp_path / "refined.onnx", progress=False)
+    assert "GridSample" in {node.op_type for node in onnx.load(result.path).graph.node}
+    model = load_model(checkpoint)
+    for photo in photos:
+        batch, mask, _ = preprocess([photo], model.preprocess)
+        for ours, reference in zip(_run(result.path, batch, mask), _torch(model, batch, mask), strict=True):
+            np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
 
 
 def test_dynamic_batch_runs_any_batch_size_up_to_the_maximum(tmp_path, tiny_checkpoint, photos):

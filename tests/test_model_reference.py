@@ -269,8 +269,8 @@ def captured_stages(model: nn.Module) -> Iterator[dict[str, object]]:
     """Record our model's intermediate results via forward hooks on the officially named modules."""
     stages: dict[str, object] = {"decoded": []}
 
-    def on_body(module: nn.Module, args: tuple, output: Tensor) -> None:
-        stages["features"] = output
+    def on_body(module: nn.Module, args: tuple, output: dict[str, Tensor]) -> None:
+        stages["features"] = output["0"]
 
     def on_position(module: nn.Module, args: tuple, output: Tensor) -> None:
         stages["feature_mask"], stages["pos"] = args[0], output
@@ -388,10 +388,10 @@ def test_masking_makes_padding_invisible_after_the_backbone(small_model: nn.Modu
         lone = small_model(image)
     lone_features = lone_stages["features"]
 
-    def substitute_valid_features(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-        output = output.clone()
-        output[:, :, :2, :3] = lone_features
-        return output
+    def substitute_valid_features(module: nn.Module, args: tuple, output: dict[str, Tensor]) -> dict[str, Tensor]:
+        features = output["0"].clone()
+        features[:, :, :2, :3] = lone_features
+        return {**output, "0": features}
 
     hook = small_model.backbone[0].register_forward_hook(substitute_valid_features)
     try:

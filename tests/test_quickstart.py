@@ -43,6 +43,7 @@ def check_readme_results(run, tmp_path):
     recipe = summary["recipe"]
     assert f"- Model: {recipe['backbone']} at width {recipe['backbone_width']} + " in text
     assert f"with {recipe['num_queries']} queries" in text
+    assert ("keypoint refinement" in text) == recipe["keypoint_refinement"]
     assert f"dense encoder supervision at weight {recipe['encoder_aux_coef']:g}" in text
     readme.write_text("# no markers\n")
     with pytest.raises(SystemExit) as exit_info:

@@ -13,7 +13,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from poet.data.synthetic import generate_dataset, generate_splits, main
+from poet.data.synthetic import INFERABLE_RADIUS, MAX_PERSON_HEIGHT, generate_dataset, generate_splits, main
 from poet.skeleton import KEYPOINT_NAMES, SKELETON
 
 HEIGHT, WIDTH = 128, 160
@@ -89,6 +89,26 @@ def test_content_mixes_crowding_occlusion_and_both_facings(dataset):
     both = (shoulders[:, :, 2] > 0).all(axis=1)
     left_on_image_right = shoulders[both, 0, 0] > shoulders[both, 1, 0]
     assert left_on_image_right.any() and not left_on_image_right.all()
+
+
+def test_hidden_joints_are_labelled_only_where_the_persons_own_body_shows_nearby(dataset):
+    """COCO's annotators place an occluded joint from what shows around it; one wholly hidden stays unlabelled."""
+    _, data = dataset
+    reach = INFERABLE_RADIUS * MAX_PERSON_HEIGHT * HEIGHT
+    hidden = 0
+    for annotation in data["annotations"]:
+        keypoints = _keypoints(annotation)
+        shown = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+        for polygon in annotation["segmentation"]:
+            corners = [np.round(np.reshape(polygon, (-1, 2))).astype(np.int32)]
+            cv2.fillPoly(shown, corners, 1)
+            cv2.polylines(shown, corners, True, 1)  # slivers a fill misses
+        distance_to_shown = cv2.distanceTransform(1 - shown, cv2.DIST_L2, 5)
+        for x, y, v in keypoints:
+            if v == 1:
+                hidden += 1
+                assert distance_to_shown[round(y), round(x)] <= reach + 1, (annotation["id"], x, y)
+    assert hidden > 0
 
 
 def test_face_and_body_agree_on_left_and_right(dataset):

@@ -57,6 +57,7 @@ class TrainConfig:
     pre_norm: bool = _MODEL_DEFAULTS.pre_norm
     num_queries: int = _MODEL_DEFAULTS.num_queries
     aux_loss: bool = _MODEL_DEFAULTS.aux_loss
+    keypoint_refinement: bool = _MODEL_DEFAULTS.keypoint_refinement
     backbone_weights: str | None = None
     finetune: str | None = None
     resume: str | None = None
@@ -132,6 +133,8 @@ HELP = {
     "position_embedding": "sine or learned",
     "num_queries": "person slots per image (the released POET-R50 uses 25)",
     "aux_loss": "losses on every decoder layer",
+    "keypoint_refinement": "correct the final keypoints from stride-8 features (poet/model/refine.py; not in "
+    "the authors' model, so not for their checkpoint)",
     "backbone_weights": "local torchvision ImageNet ResNet weights (.pth); nothing is downloaded",
     "finetune": "start from this checkpoint's weights and architecture (ours or the authors')",
     "resume": "continue this run's checkpoint.pth exactly (weights, optimizer, schedule, RNG)",

@@ -4,7 +4,8 @@ Each image holds 1..max_people articulated figures (torso, head, two-segment arm
 a cluttered background. The body model places the 17 COCO keypoints exactly, and every left limb is
 drawn in a warm hue while every right limb is cool, so left/right is learnable even for figures seen
 from behind. Later figures and foreground objects hide earlier ones; keypoints they cover are labelled
-v=1, as COCO does for occluded joints.
+v=1 where some of the person shows close by, as COCO's annotators label the occluded joints they can place,
+and left unlabelled where the body around them is wholly hidden.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from poet.skeleton import KEYPOINT_NAMES, SKELETON
 JPEG_QUALITY = 90
 # A COCO annotation needs some pixels to point at; figures hidden below this are left unannotated.
 MIN_VISIBLE_AREA_PX = 24
+# A hidden joint is labelled (v=1) only when at least this many pixels of the person's own body show within
+# this fraction of their height: COCO's annotators label occluded joints they can place, not those wholly
+# hidden behind someone else.
+INFERABLE_RADIUS = 0.1
+INFERABLE_MIN_PIXELS = 16
 # Rate at which labelled keypoints lose their label, like joints an annotator skipped.
 LABEL_DROP_RATE = 0.03
 FOREGROUND_OCCLUDER_PROBABILITY = 0.15
@@ -176,6 +182,7 @@ class _Figure:
     keypoints: np.ndarray
     labelled: np.ndarray
     shapes: list[_Shape]
+    height: float
 
     def draw(self, image: np.ndarray, mask: np.ndarray) -> None:
         for shape in self.shapes:
@@ -305,7 +312,7 @@ def _sample_figure(rng: np.random.Generator, height: int, width: int, min_height
     keypoints = np.stack([points[name] for name in KEYPOINT_NAMES])
     labelled = np.array([pose.face_labelled.get(name, True) for name in KEYPOINT_NAMES])
     shapes = _dress(rng, points, pose, person_height, head_radius)
-    return _Figure(keypoints=keypoints, labelled=labelled, shapes=shapes)
+    return _Figure(keypoints=keypoints, labelled=labelled, shapes=shapes, height=person_height)
 
 
 def _dress(
@@ -445,9 +452,14 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _keypoint_annotation(
-    figure: _Figure, occluders: np.ndarray, rng: np.random.Generator, height: int, width: int
+    figure: _Figure, occluders: np.ndarray, visible: np.ndarray, rng: np.random.Generator
 ) -> list[float]:
-    """COCO's flat [x, y, v] * 17: v=2 visible, v=1 hidden under something drawn later, v=0 unlabelled."""
+    """COCO's flat [x, y, v] * 17: v=2 visible, v=1 hidden under something drawn later but placeable, v=0
+    unlabelled. As COCO's annotators do, a hidden joint is labelled only where its place can be inferred:
+    some of the person's own body shows within ``INFERABLE_RADIUS`` of it (``visible`` is that body's mask
+    minus what covers it), not a sliver of a few pixels."""
+    height, width = occluders.shape
+    radius = INFERABLE_RADIUS * figure.height
     flat: list[float] = []
     for (x, y), labelled in zip(figure.keypoints, figure.labelled, strict=True):
         x, y = round(float(x), 2), round(float(y), 2)
@@ -455,8 +467,13 @@ def _keypoint_annotation(
         if not labelled or not inside or rng.random() < LABEL_DROP_RATE:
             flat += [0, 0, 0]
             continue
-        hidden = occluders[round(y), round(x)] > 0
-        flat += [x, y, 1 if hidden else 2]
+        if occluders[round(y), round(x)] == 0:
+            flat += [x, y, 2]
+            continue
+        top, left = max(0, math.floor(y - radius)), max(0, math.floor(x - radius))
+        rows, cols = np.nonzero(visible[top : math.ceil(y + radius) + 1, left : math.ceil(x + radius) + 1])
+        inferable = int((np.hypot(rows + top - y, cols + left - x) <= radius).sum()) >= INFERABLE_MIN_PIXELS
+        flat += [x, y, 1] if inferable else [0, 0, 0]
     return flat
 
 
@@ -497,8 +514,8 @@ def render_image(
     annotations = []
     covered_later = foreground.copy()
     for figure, mask in reversed(list(zip(figures, masks, strict=True))):
-        keypoints = _keypoint_annotation(figure, covered_later, rng, height, width)
         visible = cv2.bitwise_and(mask, cv2.bitwise_not(covered_later))
+        keypoints = _keypoint_annotation(figure, covered_later, visible, rng)
         covered_later |= mask
         area = int(cv2.countNonZero(visible))
         if area < MIN_VISIBLE_AREA_PX:

@@ -17,6 +17,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from poet.errors import CheckpointError
 from poet.model.config import PoetConfig
+from poet.model.refine import REFINEMENT_STAGES
 
 TRAINABLE_STAGES = ("layer2", "layer3", "layer4")
 # Block type and blocks per stage of each torchvision ResNet.
@@ -71,7 +72,9 @@ class ResNetBody(nn.Module):
 
     def __init__(self, config: PoetConfig) -> None:
         super().__init__()
-        self.body = IntermediateLayerGetter(build_resnet(config), return_layers={"layer4": "0"})
+        fine = REFINEMENT_STAGES if config.keypoint_refinement else ()
+        layers = {"layer4": "0", **{stage: stage for stage in fine}}
+        self.body = IntermediateLayerGetter(build_resnet(config), return_layers=layers)
         for name, parameter in self.body.named_parameters():
             # With pretrained (frozen-BN) weights the stem and layer1 stay frozen (authors' rule).
             in_trained_stage = not config.frozen_batchnorm or any(stage in name for stage in TRAINABLE_STAGES)
@@ -87,12 +90,13 @@ class ResNetBody(nn.Module):
                 if spatial:
                     module.register_forward_pre_hook(self._zero_padding)
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``mask`` [B,H,W] True on padding; with it and ``padding_invariant`` the padding cannot leak in."""
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``"0"``: the stride-32 (or 16) map; with ``keypoint_refinement`` also the finer maps it reads, by stage.
+        ``mask`` [B,H,W] True on padding; with it and ``padding_invariant`` the padding cannot leak in."""
         if mask is not None and self.padding_invariant:
             self._valid = {(int(mask.shape[-2]), int(mask.shape[-1])): ~mask[:, None]}
         try:
-            return self.body(images)["0"]
+            return dict(self.body(images))
         finally:
             self._valid = {}
 

@@ -38,6 +38,9 @@ class PoetConfig:
     pre_norm: bool = False
     num_queries: int = 50
     aux_loss: bool = True
+    # Not in the authors' model: the final layer's keypoints are corrected from the stride-8 and stride-4
+    # feature maps (poet/model/refine.py). False is the authors' POET.
+    keypoint_refinement: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in RESNET_NAMES:
@@ -57,6 +60,10 @@ class PoetConfig:
     def backbone_channels(self) -> int:
         expansion = 1 if self.backbone in ("resnet18", "resnet34") else 4
         return 8 * self.backbone_width * expansion
+
+    def stage_channels(self, stage: str) -> int:
+        """Channels of a ResNet stage's output, ``layer1`` .. ``layer4``."""
+        return self.backbone_channels // 2 ** (4 - int(stage.removeprefix("layer")))
 
     @property
     def backbone_description(self) -> str:
