@@ -133,8 +133,8 @@ HELP = {
     "position_embedding": "sine or learned",
     "num_queries": "person slots per image (the released POET-R50 uses 25)",
     "aux_loss": "losses on every decoder layer",
-    "keypoint_refinement": "correct the final keypoints from stride-8 features (poet/model/refine.py; not in "
-    "the authors' model, so not for their checkpoint)",
+    "keypoint_refinement": "correct the final keypoints from patches of the stride-8 and stride-4 maps "
+    "(poet/model/refine.py; not in the authors' model, so not for their checkpoint)",
     "backbone_weights": "local torchvision ImageNet ResNet weights (.pth); nothing is downloaded",
     "finetune": "start from this checkpoint's weights and architecture (ours or the authors')",
     "resume": "continue this run's checkpoint.pth exactly (weights, optimizer, schedule, RNG)",
