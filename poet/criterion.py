@@ -28,13 +28,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from poet.keypoints import split_predicted_keypoints
 from poet.matcher import (
     HungarianMatcher,
     MatchIndices,
     ModelOutputs,
     Targets,
     people_per_image,
-    split_predicted_keypoints,
     split_target_keypoints,
     target_keypoints,
     target_masks,

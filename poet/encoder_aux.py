@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from poet.matcher import PeopleKeypoints, Targets, split_target_keypoints, target_keypoints, target_masks
+from poet.keypoints import PeopleKeypoints
+from poet.matcher import Targets, split_target_keypoints, target_keypoints, target_masks
 from poet.skeleton import NUM_KEYPOINTS
 
 # Per token: objectness logit, centre shift (in cells), 17 encoded (x, y) offsets before the sigmoid.

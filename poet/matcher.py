@@ -21,8 +21,8 @@ Decisions on the official quirks (facts §14):
   * #17 FIXED: costs are computed on the device of the outputs (no ``.cuda()``); only the cost matrix goes
     to the CPU for scipy.
 
-The module-level layout helpers are shared with ``poet.criterion`` so the 53-dim prediction and 54-dim target
-layouts are described once.
+The 53-dim prediction layout is ``poet.keypoints``; the 54-dim target layout helpers here are shared with
+``poet.criterion`` and ``poet.encoder_aux`` so each layout is described once.
 """
 
 from __future__ import annotations
@@ -34,15 +34,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from poet.processing import KEYPOINT_OUTPUTS
+from poet.keypoints import PeopleKeypoints, split_predicted_keypoints
 from poet.skeleton import NUM_KEYPOINTS
-
-# Prediction: [cx, cy, ox0, oy0, v0, ..., ox16, oy16, v16], all sigmoided.
-PRED_DIM = KEYPOINT_OUTPUTS
-PRED_CENTRE = slice(0, 2)
-PRED_OFFSET_X = slice(2, PRED_DIM, 3)
-PRED_OFFSET_Y = slice(3, PRED_DIM, 3)
-PRED_VISIBILITY = slice(4, PRED_DIM, 3)
 
 # Target: [cx, cy, cv, ox0, oy0, v0, ..., ox16, oy16, v16]; the centre visibility shifts keypoints by one.
 TARGET_DIM = 3 + 3 * NUM_KEYPOINTS
@@ -59,30 +52,12 @@ Targets = Sequence[Mapping[str, Tensor]]
 MatchIndices = list[tuple[Tensor, Tensor]]
 
 
-class PeopleKeypoints(NamedTuple):
-    """People split into the fields that matching and loss compare; leading dimension N."""
-
-    centres: Tensor  # [N, 2] centre (x, y) as a fraction of the image size
-    offsets: Tensor  # [N, 17, 2] encoded offsets 0.5 + d / (2 * size)
-    visibilities: Tensor  # [N, 17]
-
-    def absolute(self) -> Tensor:
-        """Decoded keypoint positions ``c + 2 * (o - 0.5)`` as fractions of the image size, [N, 17, 2]."""
-        return self.centres.unsqueeze(-2) + 2 * (self.offsets - 0.5)
-
-
 class TargetMasks(NamedTuple):
     """Which terms of each target person are supervised."""
 
     centre: Tensor  # [N] bool, centre position supervised
     keypoints: Tensor  # [N, 17] bool, keypoint position supervised
     has_centre: Tensor  # [N] bool, visibilities supervised (treated as all zero on both sides otherwise)
-
-
-def split_predicted_keypoints(pred_kpts: Tensor) -> PeopleKeypoints:
-    """Split [N, 53] predictions into centres, encoded offsets and visibilities."""
-    offsets = torch.stack((pred_kpts[:, PRED_OFFSET_X], pred_kpts[:, PRED_OFFSET_Y]), dim=-1)
-    return PeopleKeypoints(pred_kpts[:, PRED_CENTRE], offsets, pred_kpts[:, PRED_VISIBILITY])
 
 
 def split_target_keypoints(target_kpts: Tensor) -> PeopleKeypoints:

@@ -12,14 +12,13 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from poet.criterion import SetCriterion
+from poet.keypoints import PRED_DIM, split_predicted_keypoints
 from poet.matcher import (
-    PRED_DIM,
     TARGET_DIM,
     HungarianMatcher,
     MatchIndices,
     ModelOutputs,
     Targets,
-    split_predicted_keypoints,
     split_target_keypoints,
 )
 

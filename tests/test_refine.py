@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from poet.keypoints import join_predicted_keypoints, split_predicted_keypoints
 from poet.model import PoetConfig, build_model
 from poet.model.refine import KeypointRefiner
 from poet.skeleton import NUM_KEYPOINTS
@@ -74,3 +75,9 @@ def test_each_keypoint_reads_the_fine_map_where_it_lies_on_the_canvas():
     inside = ((absolute * extent[0] > 1 / 32) & (absolute * extent[0] < 1 - 1 / 32)).all(-1)
     assert inside.sum() > 5
     torch.testing.assert_close(shift[inside], (absolute * extent[0])[inside], rtol=0, atol=1e-5)
+
+
+def test_predictions_split_and_join_back_unchanged():
+    """The refiner writes its shifted offsets back through the same layout the loss reads them with."""
+    rows = torch.rand(5, 2 + 3 * NUM_KEYPOINTS, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(join_predicted_keypoints(split_predicted_keypoints(rows)), rows)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from poet.keypoints import PeopleKeypoints, join_predicted_keypoints, split_predicted_keypoints
 from poet.skeleton import NUM_KEYPOINTS
 
 # The backbone stages read, in the order the refiners run: stride 8, then stride 4.
@@ -43,19 +44,19 @@ class KeypointRefiner(nn.Module):
         """pred_kpts [B,Q,53] (sigmoided), states [B,Q,C], fine [B,Cf,h,w] over the padded canvas,
         image_extent [B,2] the unpadded image's (width, height) as fractions of the canvas -> refined [B,Q,53]."""
         batch, queries = pred_kpts.shape[:2]
-        centres = pred_kpts[..., 0:2]
-        per_keypoint = pred_kpts[..., 2:].reshape(batch, queries, NUM_KEYPOINTS, 3)
-        offsets, visibilities = per_keypoint[..., :2], per_keypoint[..., 2:]
-        absolute = centres.unsqueeze(-2) + 2 * (offsets - 0.5)  # image fractions, [B,Q,17,2]
+        people = split_predicted_keypoints(pred_kpts.flatten(0, 1))
+        keypoints = people.offsets.shape[1]
+        absolute = people.absolute().reshape(batch, queries, keypoints, 2)  # image fractions
         # Where to look is not learned through the sampling (as Deformable DETR detaches its reference points).
         grid = absolute.detach() * image_extent[:, None, None, :] * 2 - 1  # grid_sample's [-1, 1] canvas frame
         steps = torch.arange(self.patch, device=fine.device, dtype=grid.dtype) - (self.patch - 1) / 2
         step_y, step_x = torch.meshgrid(steps * 2 / fine.shape[-2], steps * 2 / fine.shape[-1], indexing="ij")
         around = torch.stack((step_x.flatten(), step_y.flatten()), dim=-1)  # [P, 2], one map cell apart
-        points = grid.reshape(batch, queries * NUM_KEYPOINTS, 1, 2) + around
+        points = grid.reshape(batch, queries * keypoints, 1, 2) + around
         sampled = F.grid_sample(fine, points, align_corners=False)  # [B, Cf, Q*17, P]
-        sampled = sampled.permute(0, 2, 3, 1).reshape(batch, queries, NUM_KEYPOINTS, -1)
+        sampled = sampled.permute(0, 2, 3, 1).reshape(batch, queries, keypoints, -1)
         hidden = self.feature_proj(sampled) + self.keypoint_embed.weight + self.query_proj(states).unsqueeze(-2)
-        shift = self.shift(torch.relu(self.hidden(torch.relu(hidden))))
-        refined = torch.cat((offsets + shift / 2, visibilities), dim=-1)  # d = 2 (o - 0.5) moves by shift
-        return torch.cat((centres, refined.reshape(batch, queries, -1)), dim=-1)
+        shift = self.shift(torch.relu(self.hidden(torch.relu(hidden)))).flatten(0, 1)
+        # The decoded position c + 2 (o - 0.5) moves by the shift when the offset moves by half of it.
+        moved = PeopleKeypoints(people.centres, people.offsets + shift / 2, people.visibilities)
+        return join_predicted_keypoints(moved).reshape(batch, queries, -1)
