@@ -28,7 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from poet.cli import coco_paths, run_cli
+from poet.cli import coco_paths
+from poet.console import run_cli
 from poet.errors import CheckpointError, DatasetError, PoetError
 from poet.evaluation import coco_results, evaluate_keypoints, load_coco_keypoints
 from poet.fileio import write_json

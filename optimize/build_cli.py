@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from poet.cli import run_cli
+from poet.console import run_cli
 from poet.errors import PoetError
 from poet.modelinfo import PRECISIONS
 from poet.runtime.compat import TensorRTUnavailable, build_command, require_tensorrt

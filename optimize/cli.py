@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from poet.cli import run_cli
+from poet.console import run_cli
 from poet.errors import PoetError
 
 

@@ -1,7 +1,8 @@
 """poet-edge: POET (POse Estimation Transformer) from training to fast engines.
 
 Heavy parts (torch models, the matcher and loss) load on first use, so ``import poet.runtime``
-and the other torch-free modules never pull in PyTorch.
+and the other torch-free modules never pull in PyTorch; on an install without their extra, using
+one raises a MissingExtraError (an ImportError) naming the extra to install.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# name -> (module, the extra it needs; "" for the base install)
 _LAZY = {
-    "load_model": "poet.checkpoint",
-    "save_checkpoint": "poet.checkpoint",
-    "read_checkpoint": "poet.checkpoint",
-    "POET": "poet.model",
-    "PoetConfig": "poet.model",
-    "build_model": "poet.model",
-    "Predictor": "poet.predictor",
-    "HungarianMatcher": "poet.matcher",
-    "SetCriterion": "poet.criterion",
-    "PreprocessConfig": "poet.processing",
-    "Pose": "poet.processing",
+    "load_model": ("poet.checkpoint", "model"),
+    "save_checkpoint": ("poet.checkpoint", "model"),
+    "read_checkpoint": ("poet.checkpoint", "model"),
+    "POET": ("poet.model", "model"),
+    "PoetConfig": ("poet.model", "model"),
+    "build_model": ("poet.model", "model"),
+    "Predictor": ("poet.predictor", "model"),
+    "HungarianMatcher": ("poet.matcher", "train"),
+    "SetCriterion": ("poet.criterion", "train"),
+    "PreprocessConfig": ("poet.processing", ""),
+    "Pose": ("poet.processing", ""),
 }
 
 if TYPE_CHECKING:
@@ -50,5 +52,14 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, extra = _LAZY[name]
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ModuleNotFoundError as error:
+            from poet.extras import missing_extra
+
+            line = missing_extra(error, f"poet.{name}", [extra] if extra else [])
+            if line is None:
+                raise
+            raise line from None
     raise AttributeError(f"module 'poet' has no attribute {name!r}")

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import logging
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from poet.errors import DatasetError, PoetError
+from poet.console import run_cli
+from poet.errors import DatasetError
 from poet.evaluation import coco_split_paths
-
-
-def run_cli(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
-    """Turn user errors into one ``error:`` line and exit code 2, Ctrl-C into exit code 130."""
-
-    @functools.wraps(main)
-    def wrapper(argv: Sequence[str] | None = None) -> int:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-        try:
-            return main(argv)
-        except PoetError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-
-    return wrapper
 
 
 def coco_paths(data: Path | None, split: str, annotations: Path | None, images: Path | None) -> tuple[Path, Path]:

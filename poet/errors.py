@@ -21,3 +21,10 @@ class DatasetError(PoetError):
 
 class ModelError(PoetError):
     """A deployed model (ONNX file or TensorRT engine) that is missing, unreadable, or not a poet-edge model."""
+
+
+class MissingExtraError(PoetError, ImportError):
+    """A feature whose optional dependencies are not installed; the message names the extra that brings them.
+
+    An ImportError too, so ``try: import ... except ImportError`` code keeps working.
+    """

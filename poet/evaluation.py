@@ -1,6 +1,7 @@
 """COCO keypoint evaluation: results JSON from poses, and OKS AP/AR through pycocotools.
 
-torch-free, so the runtime and benchmark stages score their poses with exactly the same code.
+torch-free, so the runtime and benchmark stages score their poses with exactly the same code. pycocotools (the
+model extra) is imported where it is used, so the COCO layout helpers also work on the base install.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ import io
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from poet.errors import DatasetError
 from poet.fileio import write_json
 from poet.images import read_image
 from poet.processing import Pose
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 _REQUIRED_ANNOTATION_FIELDS = ("image_id", "category_id", "keypoints", "bbox")
@@ -70,6 +72,8 @@ def load_coco_keypoints(path: str | Path) -> COCO:
         annotation.setdefault("iscrowd", 0)
     for index, annotation in enumerate(data["annotations"]):
         annotation.setdefault("id", index + 1)
+    from pycocotools.coco import COCO
+
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -89,6 +93,8 @@ def evaluate_keypoints(
     image_ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted(image_ids)
     if not results:
         return dict.fromkeys(STAT_NAMES, 0.0)
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from poet.cli import run_cli
+from poet.console import run_cli
 from poet.drawing import draw_poses, save_image
 from poet.errors import PoetError
 from poet.fileio import atomic_path

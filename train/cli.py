@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from poet.cli import run_cli
+from poet.console import run_cli
 
 
 @run_cli

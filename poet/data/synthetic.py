@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from poet.console import run_cli
 from poet.evaluation import coco_split_paths
 from poet.fileio import atomic_path, write_json
 from poet.skeleton import KEYPOINT_NAMES, SKELETON
@@ -644,7 +645,8 @@ def generate_splits(
     return train, val
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+@run_cli
+def main(argv: Sequence[str] | None = None) -> int:
     """``poet-synth`` command line."""
     parser = argparse.ArgumentParser(
         prog="poet-synth",
@@ -687,7 +689,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         progress=not args.quiet,
     ):
         print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main(None))
