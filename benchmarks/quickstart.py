@@ -33,7 +33,7 @@ from poet.train.config import parse_config
 from poet.train.engine import Trainer
 
 logger = logging.getLogger("poet")
-RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "synthetic-small.yaml"
+RECIPE = "synthetic-small"  # the bundled recipe (train/recipes/synthetic-small.yaml)
 # The synthetic people the small recipe is tuned for: at most two per image, each at least half the image tall.
 RECIPE_MAX_PEOPLE = 2
 RECIPE_MIN_HEIGHT = 0.5
@@ -71,7 +71,7 @@ def quickstart(output: Path, train_images: int, val_images: int, epochs: int | N
     timings: dict[str, float] = {}
     started = time.perf_counter()
     data = output / "data"
-    flags = ["--config", str(RECIPE), "--data", str(data), "--output-dir", str(output / "train")]
+    flags = ["--config", RECIPE, "--data", str(data), "--output-dir", str(output / "train")]
     config = parse_config([*flags, *(["--epochs", str(epochs)] if epochs else [])])
     logger.info("1/5 generating %d + %d synthetic images in %s", train_images, val_images, data)
     synthesise_for_recipe(data, train_images, val_images, config.input_size)

@@ -1,7 +1,7 @@
 """Train the small synthetic-people recipe and print its OKS AP on a held-out synthetic split.
 
 The check behind the claim that a small POET learns on a 2-core CPU in minutes: it generates the
-data with ``poet-synth``, trains ``train/recipes/synthetic-small.yaml`` with the real training
+data with ``poet-synth``, trains the bundled ``synthetic-small`` recipe with the real training
 loop, and evaluates the final model on validation images it never trained on.
 Run: ``python -m poet.benchmarks.train_synthetic [--train-images N] [--epochs N] [--output DIR]``.
 """
@@ -25,13 +25,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("runs/bench-synthetic"), help="data and run folder")
     parser.add_argument("--train-images", type=int, default=6000, help="training images (default: 6000, as quickstart)")
     parser.add_argument("--val-images", type=int, default=200, help="held-out synthetic images (default: 200)")
-    parser.add_argument("--recipe", type=Path, default=RECIPE, help="training config (default: the small recipe)")
+    parser.add_argument("--recipe", default=RECIPE, help=f"config file or bundled recipe (default: {RECIPE})")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     data = args.output / "data"
-    flags = ["--config", str(args.recipe), "--data", str(data), "--output-dir", str(args.output / "run")]
+    flags = ["--config", args.recipe, "--data", str(data), "--output-dir", str(args.output / "run")]
     config = parse_config([*flags, *(["--epochs", str(args.epochs)] if args.epochs else [])])
     synthesise_for_recipe(data, args.train_images, args.val_images, config.input_size)
     generated = time.perf_counter()

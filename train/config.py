@@ -1,7 +1,8 @@
 """Training options: one dataclass, read from YAML or TOML, every option also a command-line flag.
 
-Precedence: built-in defaults < config file < flags. Defaults are the authors' ``main.py`` ones
-(facts file section 7) except where a field says otherwise.
+Precedence: built-in defaults < config file < flags. Defaults are the authors' ``main.py`` ones except
+where a field says otherwise. ``--config`` takes a file or the name of a recipe shipped in the package
+(``train/recipes/NAME.yaml``, read through importlib.resources so it works from any install).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -172,21 +174,37 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def bundled_recipes() -> list[str]:
+    """Names of the recipes that ship with poet-edge (``--config NAME``)."""
+    folder = resources.files("poet.train.recipes")
+    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def _config_source(path: str | Path) -> tuple[str, str, str]:
+    """(text, suffix, how messages name it) of a config file, or of the bundled recipe of that name."""
+    file = Path(path)
+    if file.is_file():
+        return file.read_text(), file.suffix, str(file)
+    recipe = resources.files("poet.train.recipes") / f"{path}.yaml"
+    if not file.suffix and recipe.is_file():
+        return recipe.read_text(), ".yaml", f"recipe {path}"
+    raise PoetError(f"config file {path} not found (or give a bundled recipe: {', '.join(bundled_recipes())})")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Options from a YAML (.yaml/.yml) or TOML (.toml) file, checked against the known names."""
-    path = Path(path)
-    if not path.is_file():
-        raise PoetError(f"config file {path} not found")
-    text = path.read_text()
+    """Options from a YAML (.yaml/.yml) or TOML (.toml) file or a bundled recipe, checked against the known names."""
+    text, suffix, path = _config_source(path)
     try:
-        if path.suffix == ".toml":
+        if suffix == ".toml":
             data = tomllib.loads(text)
         else:
             import yaml
 
             data = yaml.safe_load(text) or {}
+    except ImportError:
+        raise
     except Exception as error:
-        raise PoetError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {error}") from error
+        raise PoetError(f"{path} is not valid {'TOML' if suffix == '.toml' else 'YAML'}: {error}") from error
     if not isinstance(data, dict):
         raise PoetError(f"{path}: expected a mapping of option names to values")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -202,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train or fine-tune POET on COCO-format person keypoints (single process or torchrun/DDP).",
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--config", help="YAML or TOML file with any of the options below")
+    parser.add_argument(
+        "--config",
+        help=f"YAML or TOML file with any of the options below, or a bundled recipe ({', '.join(bundled_recipes())})",
+    )
     defaults = TrainConfig()
     for name, annotation in _field_types().items():
         kind, is_list = _base_type(annotation)
