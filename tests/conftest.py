@@ -1,4 +1,4 @@
-"""Shared fixtures: the real coco-mini photographs and small real POET models."""
+"""Shared fixtures: real COCO photographs carried in tests/data, and small real POET models."""
 
 from __future__ import annotations
 
@@ -7,34 +7,37 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("POET_SHARED", REPO.parent / "shared"))
+DATA = Path(__file__).resolve().parent / "data"
+# The larger COCO subset (80 train, 79 val images) some statistical tests need; they skip without it.
+COCO_MINI = os.environ.get("POET_COCO_MINI")
 
 
-def _shared(relative: str) -> Path:
-    path = SHARED / relative
-    if not path.exists():
-        pytest.fail(
-            f"{path} is missing: the tests need the project's shared/ folder beside the checkout (or POET_SHARED)"
-        )
-    return path
+@pytest.fixture(scope="session")
+def coco() -> Path:
+    """Twelve real COCO 2017 person-keypoints photographs in COCO's layout (tests/data/README.md)."""
+    return DATA / "coco"
 
 
 @pytest.fixture(scope="session")
 def coco_mini() -> Path:
-    """Root of the real COCO 2017 person-keypoints subset (80 train, 79 val images)."""
-    return _shared("data/coco-mini")
+    """Root of the larger real COCO subset named by POET_COCO_MINI; the test is skipped without it."""
+    if not COCO_MINI:
+        pytest.skip("needs the larger COCO subset: set POET_COCO_MINI to its root (COCO layout)")
+    root = Path(COCO_MINI)
+    if not (root / "annotations").is_dir():
+        pytest.fail(f"POET_COCO_MINI={root} has no annotations/ folder: expected a COCO-layout root")
+    return root
 
 
 @pytest.fixture
-def coco_mini_batch(coco_mini: Path):
-    """The first four coco-mini validation photographs as one padded 128x128 training batch."""
+def coco_batch(coco: Path):
+    """The first four validation photographs as one padded 128x128 training batch."""
     from poet.data.coco import CocoKeypoints, collate
     from poet.processing import PreprocessConfig
 
     dataset = CocoKeypoints(
-        coco_mini / "annotations" / "person_keypoints_val2017.json",
-        coco_mini / "val2017",
+        coco / "annotations" / "person_keypoints_val2017.json",
+        coco / "val2017",
         PreprocessConfig(input_size=(128, 128)),
     )
     return collate([dataset[i] for i in range(4)])
@@ -43,7 +46,7 @@ def coco_mini_batch(coco_mini: Path):
 @pytest.fixture(scope="session")
 def state_dict_listing() -> Path:
     """The authors' POET-R50 state-dict key/shape listing."""
-    return _shared("reference/poet-r50-state-dict.txt")
+    return DATA / "poet-r50-state-dict.txt"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""poet-bench on a small real model and real coco-mini photographs: figures, report files, regressions, bad input."""
+"""poet-bench on a small real model and real COCO photographs: figures, report files, regressions, bad input."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from poet.benchmarks import bench, bench_report
 STAGES = ("preprocess", "inference", "postprocess", "total")
 
 
-def bench_argv(checkpoint: Path, coco_mini: Path, root: Path, *extra: str) -> list[str]:
+def bench_argv(checkpoint: Path, coco: Path, root: Path, *extra: str) -> list[str]:
     return [
         "--model",
         str(checkpoint),
         "--data",
-        str(coco_mini),
+        str(coco),
         "--limit",
         "3",
         "--iters",
@@ -34,12 +34,12 @@ def bench_argv(checkpoint: Path, coco_mini: Path, root: Path, *extra: str) -> li
 
 
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, coco_mini: Path) -> Path:
+def bench_run(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, coco: Path) -> Path:
     """One full run: PyTorch, ONNX FP32 and INT8 for CPU at batch 1 and 2, TensorRT and PyTorch FP16 requested."""
     root = tmp_path_factory.mktemp("bench")
     variants = "torch,onnx-fp32,onnx-int8,trt-fp16,trt-int8,torch-fp16"
-    calibration = ["--calib-images", str(coco_mini / "train2017"), "--num-calib", "4"]
-    argv = bench_argv(tiny_checkpoint, coco_mini, root, "--variants", variants, "--batch", "1,2", *calibration)
+    calibration = ["--calib-images", str(coco / "train2017"), "--num-calib", "4"]
+    argv = bench_argv(tiny_checkpoint, coco, root, "--variants", variants, "--batch", "1,2", *calibration)
     assert bench.main([*argv, "--output", str(root / "out")]) == 0
     return root
 
@@ -92,7 +92,7 @@ def test_markdown_table_and_plot(bench_run: Path) -> None:
 
 
 def test_compare_flags_injected_regressions(
-    bench_run: Path, tiny_checkpoint: Path, coco_mini: Path, capsys: pytest.CaptureFixture[str]
+    bench_run: Path, tiny_checkpoint: Path, coco: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     old = json.loads((bench_run / "out" / "bench.json").read_text())
     torch_record = old["variants"][0]
@@ -103,7 +103,7 @@ def test_compare_flags_injected_regressions(
     baseline = bench_run / "old.json"
     baseline.write_text(json.dumps(old))
     output = bench_run / "compared"
-    argv = bench_argv(tiny_checkpoint, coco_mini, bench_run, "--variants", "torch", "--batch", "1,2")
+    argv = bench_argv(tiny_checkpoint, coco, bench_run, "--variants", "torch", "--batch", "1,2")
     code = bench.main([*argv, "--output", str(output), "--compare", str(baseline), "--fail-on-regression"])
     assert code == 1
     regressions = json.loads((output / "bench.json").read_text())["compare"]["regressions"]
@@ -129,13 +129,13 @@ def test_compare_flags_injected_regressions(
     ],
 )
 def test_bad_input_is_one_error_line_and_writes_nothing(
-    case: str, message: str, tmp_path: Path, tiny_checkpoint: Path, coco_mini: Path, capsys: pytest.CaptureFixture[str]
+    case: str, message: str, tmp_path: Path, tiny_checkpoint: Path, coco: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data, checkpoint, variants, extra = coco_mini, tiny_checkpoint, "torch,onnx-fp32", []
+    data, checkpoint, variants, extra = coco, tiny_checkpoint, "torch,onnx-fp32", []
     if case == "no annotations":
         data = tmp_path / "photos"
         (data / "val2017").mkdir(parents=True)
-        shutil.copy(next((coco_mini / "val2017").iterdir()), data / "val2017")
+        shutil.copy(next((coco / "val2017").iterdir()), data / "val2017")
     elif case == "unknown variant":
         variants = "torch,onnx-int4"
     elif case == "missing checkpoint":
@@ -160,7 +160,7 @@ def test_interrupted_run_keeps_previous_report_and_reuses_variants(
     stage: str,
     bench_run: Path,
     tiny_checkpoint: Path,
-    coco_mini: Path,
+    coco: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     output = bench_run / f"interrupted-{stage}"
@@ -173,7 +173,7 @@ def test_interrupted_run_keeps_previous_report_and_reuses_variants(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(module, stage, interrupt)
-    argv = bench_argv(tiny_checkpoint, coco_mini, bench_run, "--variants", "onnx-fp32", "--batch", "1,2")
+    argv = bench_argv(tiny_checkpoint, coco, bench_run, "--variants", "onnx-fp32", "--batch", "1,2")
     assert bench.main([*argv, "--output", str(output)]) == 130
     assert {path.name: path.read_bytes() for path in output.iterdir()} == before
     assert onnx.stat().st_mtime_ns == built  # same checkpoint and settings: reused, not rebuilt

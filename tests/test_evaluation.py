@@ -32,8 +32,8 @@ def _ground_truth_as_raw_outputs(coco, noise=0.0, seed=0):
 
 
 @pytest.mark.parametrize("split", ["train2017", "val2017"])
-def test_ground_truth_fed_back_scores_ap_one(coco_mini, split):
-    coco = load_coco_keypoints(coco_mini / "annotations" / f"person_keypoints_{split}.json")
+def test_ground_truth_fed_back_scores_ap_one(coco, split):
+    coco = load_coco_keypoints(coco / "annotations" / f"person_keypoints_{split}.json")
     raw = _ground_truth_as_raw_outputs(coco)
     results = coco_results((i, decode_poses(lg, kp, size)) for i, (lg, kp, size) in raw.items())
     stats = evaluate_keypoints(coco, results)
@@ -41,8 +41,8 @@ def test_ground_truth_fed_back_scores_ap_one(coco_mini, split):
     assert set(stats) == set(STAT_NAMES)
 
 
-def test_perturbed_predictions_score_lower(coco_mini):
-    coco = load_coco_keypoints(coco_mini / "annotations" / "person_keypoints_val2017.json")
+def test_perturbed_predictions_score_lower(coco):
+    coco = load_coco_keypoints(coco / "annotations" / "person_keypoints_val2017.json")
     raw = _ground_truth_as_raw_outputs(coco, noise=0.01)
     results = coco_results((i, decode_poses(lg, kp, size)) for i, (lg, kp, size) in raw.items())
     stats = evaluate_keypoints(coco, results)
@@ -50,8 +50,8 @@ def test_perturbed_predictions_score_lower(coco_mini):
     assert "AP50" in format_table(stats)
 
 
-def test_no_predictions_score_zero(coco_mini):
-    coco = load_coco_keypoints(coco_mini / "annotations" / "person_keypoints_val2017.json")
+def test_no_predictions_score_zero(coco):
+    coco = load_coco_keypoints(coco / "annotations" / "person_keypoints_val2017.json")
     assert evaluate_keypoints(coco, [])["AP"] == 0.0
 
 
@@ -61,23 +61,23 @@ def _write(tmp_path, data, name="bad.json"):
     return path
 
 
-def test_annotation_file_without_annotations_names_file_and_key(coco_mini, tmp_path):
-    data = json.loads((coco_mini / "annotations" / "person_keypoints_val2017.json").read_text())
+def test_annotation_file_without_annotations_names_file_and_key(coco, tmp_path):
+    data = json.loads((coco / "annotations" / "person_keypoints_val2017.json").read_text())
     del data["annotations"]
     path = _write(tmp_path, data)
     with pytest.raises(DatasetError, match=r"bad\.json has no 'annotations'"):
         load_coco_keypoints(path)
 
 
-def test_annotation_missing_keypoints_field_is_reported(coco_mini, tmp_path):
-    data = json.loads((coco_mini / "annotations" / "person_keypoints_val2017.json").read_text())
+def test_annotation_missing_keypoints_field_is_reported(coco, tmp_path):
+    data = json.loads((coco / "annotations" / "person_keypoints_val2017.json").read_text())
     del data["annotations"][3]["keypoints"]
     with pytest.raises(DatasetError, match=r"annotations\[3\] lacks 'keypoints'"):
         load_coco_keypoints(_write(tmp_path, data))
 
 
-def test_missing_derivable_fields_are_filled(coco_mini, tmp_path):
-    data = json.loads((coco_mini / "annotations" / "person_keypoints_val2017.json").read_text())
+def test_missing_derivable_fields_are_filled(coco, tmp_path):
+    data = json.loads((coco / "annotations" / "person_keypoints_val2017.json").read_text())
     for annotation in data["annotations"]:
         del annotation["num_keypoints"], annotation["area"]
     coco = load_coco_keypoints(_write(tmp_path, data))

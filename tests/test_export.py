@@ -1,4 +1,4 @@
-"""ONNX export of real POET checkpoints: ONNX Runtime reproduces PyTorch on letterboxed coco-mini photographs."""
+"""ONNX export of real POET checkpoints: ONNX Runtime reproduces PyTorch on letterboxed COCO photographs."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from poet.processing import PreprocessConfig, decode_poses, decoded_poses, lette
 
 
 @pytest.fixture(scope="module")
-def photos(coco_mini):
+def photos(coco):
     """Portrait, landscape and near-square photographs, so every batch has right or bottom padding."""
-    images = [read_image(p) for p in sorted((coco_mini / "val2017").glob("*.jpg"))[:12]]
+    images = [read_image(p) for p in sorted((coco / "val2017").glob("*.jpg"))[:12]]
     portrait = next(i for i in images if i.shape[0] > i.shape[1])
     landscape = next(i for i in images if i.shape[1] > 1.3 * i.shape[0])
     return [portrait, landscape, images[0]]

@@ -22,16 +22,18 @@ def fp32(tmp_path_factory, tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory, coco_mini):
+def calib_dir(tmp_path_factory, coco):
+    """Six photographs, none of them the evaluation inputs below (the first three validation images)."""
     folder = tmp_path_factory.mktemp("calib")
-    for path in sorted((coco_mini / "train2017").glob("*.jpg"))[:6]:
+    photos = sorted((coco / "train2017").glob("*.jpg")) + sorted((coco / "val2017").glob("*.jpg"))[-2:]
+    for path in photos:
         shutil.copy(path, folder)
     return folder
 
 
 @pytest.fixture(scope="module")
-def inputs(coco_mini, fp32):
-    photos = [read_image(p) for p in sorted((coco_mini / "val2017").glob("*.jpg"))[:3]]
+def inputs(coco, fp32):
+    photos = [read_image(p) for p in sorted((coco / "val2017").glob("*.jpg"))[:3]]
     return [preprocess([photo], fp32.info.preprocess)[:2] for photo in photos]
 
 
@@ -64,12 +66,12 @@ def test_fp16_variant_keeps_sensitive_ops_in_fp32_and_stays_close(fp32, inputs, 
     assert _max_kpt_diff(variant.path, _outputs(fp32.path, inputs), inputs) < 5e-3
 
 
-def test_fp16_variant_of_a_uint8_input_model_runs_and_matches_fp32(runtime_models, coco_mini, tmp_path):
+def test_fp16_variant_of_a_uint8_input_model_runs_and_matches_fp32(runtime_models, coco, tmp_path):
     """AutoCast's reference run gets real letterboxed pixels, not random floats a uint8 input cannot take."""
     from poet.runtime import PoseEstimator
 
     variant = make_variant(runtime_models["uint8"], tmp_path / "tiny_uint8.fp16.onnx", "fp16", progress=False)
-    photos = sorted((coco_mini / "val2017").glob("*.jpg"))[:2]
+    photos = sorted((coco / "val2017").glob("*.jpg"))[:2]
     reference = PoseEstimator(runtime_models["uint8"], score_threshold=0.0).predict(photos)
     ours = PoseEstimator(variant.path, score_threshold=0.0).predict(photos)
     assert variant.info.input_format == "uint8-nhwc-bgr" and variant.info.precision == "fp16"
@@ -147,9 +149,9 @@ def test_corrupt_calibration_images_are_skipped_and_named(fp32, calib_dir, tmp_p
     assert variant.calibration["images"] == 2
 
 
-def test_calibration_set_from_a_coco_annotation_file(fp32, coco_mini, tmp_path):
-    annotations = coco_mini / "annotations" / "person_keypoints_val2017.json"
-    calibration = CalibrationSet(coco_mini / "val2017", annotations)
+def test_calibration_set_from_a_coco_annotation_file(fp32, coco, tmp_path):
+    annotations = coco / "annotations" / "person_keypoints_val2017.json"
+    calibration = CalibrationSet(coco / "val2017", annotations)
     variant = make_variant(
         fp32.path,
         tmp_path / "v.onnx",

@@ -1,4 +1,4 @@
-"""Torch predictor, drawing and the command-line tools on real coco-mini photographs."""
+"""Torch predictor, drawing and the command-line tools on real COCO photographs."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from poet.processing import decode_poses
 
 
 @pytest.fixture(scope="module")
-def photos(coco_mini):
-    return sorted((coco_mini / "val2017").glob("*.jpg"))[:3]
+def photos(coco):
+    return sorted((coco / "val2017").glob("*.jpg"))[:3]
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +113,8 @@ def test_draw_poses_marks_keypoints_and_writes_png(predictor, photos, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
 
-def test_poet_eval_prints_the_table(tiny_checkpoint, coco_mini, tmp_path, capsys):
-    code = eval_main(
-        [str(tiny_checkpoint), "--data", str(coco_mini), "--limit", "4", "--results", str(tmp_path / "r.json")]
-    )
+def test_poet_eval_prints_the_table(tiny_checkpoint, coco, tmp_path, capsys):
+    code = eval_main([str(tiny_checkpoint), "--data", str(coco), "--limit", "4", "--results", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
     assert code == 0
     assert "| AP | AP50 | AP75 | APm | APl | AR | AR50 | AR75 | ARm | ARl |" in out
@@ -124,13 +122,13 @@ def test_poet_eval_prints_the_table(tiny_checkpoint, coco_mini, tmp_path, capsys
     assert results and {r["category_id"] for r in results} == {1}
 
 
-def test_poet_eval_reports_bad_input_in_one_line(tiny_checkpoint, coco_mini, tmp_path, capsys):
+def test_poet_eval_reports_bad_input_in_one_line(tiny_checkpoint, coco, tmp_path, capsys):
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"images": [], "categories": []}))
-    code = eval_main([str(tiny_checkpoint), "--annotations", str(broken), "--images", str(coco_mini / "val2017")])
+    code = eval_main([str(tiny_checkpoint), "--annotations", str(broken), "--images", str(coco / "val2017")])
     err = capsys.readouterr().err
     assert code == 2 and "broken.json has no 'annotations'" in err and "Traceback" not in err
-    assert eval_main([str(tmp_path / "missing.pth"), "--data", str(coco_mini)]) == 2
+    assert eval_main([str(tmp_path / "missing.pth"), "--data", str(coco)]) == 2
     assert "missing.pth not found" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""The shared preprocessing and decoding, checked on real coco-mini annotations."""
+"""The shared preprocessing and decoding, checked on real COCO annotations."""
 
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ from poet.processing import (
 )
 
 
-def _annotations(coco_mini, split="val2017"):
-    data = json.loads((coco_mini / "annotations" / f"person_keypoints_{split}.json").read_text())
+def _annotations(coco, split="val2017"):
+    data = json.loads((coco / "annotations" / f"person_keypoints_{split}.json").read_text())
     sizes = {image["id"]: (image["height"], image["width"]) for image in data["images"]}
     return data, sizes
 
 
 @pytest.mark.parametrize("split", ["train2017", "val2017"])
-def test_encode_decode_round_trip_on_coco_mini(coco_mini, split):
-    data, sizes = _annotations(coco_mini, split)
+def test_encode_decode_round_trip_on_coco(coco, split):
+    data, sizes = _annotations(coco, split)
     checked = 0
     for annotation in data["annotations"]:
         if annotation["num_keypoints"] == 0:
@@ -40,7 +40,7 @@ def test_encode_decode_round_trip_on_coco_mini(coco_mini, split):
         assert np.abs(pixels - keypoints[:, :2]).max() < 1e-5
         np.testing.assert_array_equal(decoded[:, 2], keypoints[:, 2])
         checked += 1
-    assert checked >= 50
+    assert checked >= 10
 
 
 def test_encoded_centre_is_centre_of_mass_of_labelled_keypoints():
@@ -59,8 +59,8 @@ def test_fit_size_keeps_aspect_and_fills_one_side(original):
     assert abs(height / width - original[0] / original[1]) < 2.0 / min(height, width)
 
 
-def test_preprocess_normalises_letterboxes_and_masks(coco_mini):
-    path = sorted((coco_mini / "val2017").glob("*.jpg"))[0]
+def test_preprocess_normalises_letterboxes_and_masks(coco):
+    path = sorted((coco / "val2017").glob("*.jpg"))[0]
     image = read_image(path)
     config = PreprocessConfig(input_size=(256, 320))
     batch, mask, boxes = preprocess([image], config)

@@ -26,20 +26,20 @@ CONFIG = PoetConfig(
 )
 
 
-def test_a_fresh_refiner_is_the_identity_and_refines_only_the_final_layer(coco_mini_batch):
+def test_a_fresh_refiner_is_the_identity_and_refines_only_the_final_layer(coco_batch):
     torch.manual_seed(0)
     model = build_model(CONFIG).eval()
     with torch.no_grad():
-        refined = model(coco_mini_batch.images, coco_mini_batch.mask)
+        refined = model(coco_batch.images, coco_batch.mask)
         refiners, model.refiners = model.refiners, nn.ModuleDict()
-        plain = model(coco_mini_batch.images, coco_mini_batch.mask)
+        plain = model(coco_batch.images, coco_batch.mask)
     torch.testing.assert_close(refined["pred_kpts"], plain["pred_kpts"], rtol=0, atol=0)
     assert list(refiners) == ["layer2", "layer1"]
     for refiner in refiners.values():
         nn.init.normal_(refiner.shift.weight, std=0.1)
     model.refiners = refiners
     with torch.no_grad():
-        moved = model(coco_mini_batch.images, coco_mini_batch.mask)
+        moved = model(coco_batch.images, coco_batch.mask)
     assert not torch.allclose(moved["pred_kpts"], plain["pred_kpts"], atol=1e-4)
     torch.testing.assert_close(moved["pred_kpts"][..., :2], plain["pred_kpts"][..., :2])  # centres kept
     torch.testing.assert_close(moved["aux_outputs"][0]["pred_kpts"], plain["aux_outputs"][0]["pred_kpts"])

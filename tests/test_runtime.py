@@ -1,4 +1,4 @@
-"""The torch-free runtime on real coco-mini photographs: the torch predictor's poses, any batch size, clear errors."""
+"""The torch-free runtime on real COCO photographs: the torch predictor's poses, any batch size, clear errors."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from poet.runtime.backends import auto_providers
 
 
 @pytest.fixture(scope="module")
-def photos(coco_mini):
-    return sorted((coco_mini / "val2017").glob("*.jpg"))[:8]
+def photos(coco):
+    return sorted((coco / "val2017").glob("*.jpg"))[:8]
 
 
 @pytest.fixture(scope="module")

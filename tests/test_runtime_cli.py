@@ -1,4 +1,4 @@
-"""``poet-run`` and its frame sources on videos and folders made from coco-mini photographs."""
+"""``poet-run`` and its frame sources on videos and folders made from COCO photographs."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ FRAME_SIZE = (320, 240)
 
 
 @pytest.fixture(scope="module")
-def video(coco_mini, tmp_path_factory):
-    """A 12-frame MJPEG video of coco-mini photographs; MJPEG so a truncated copy keeps its first frames."""
+def video(coco, tmp_path_factory):
+    """A 12-frame MJPEG video of the COCO photographs (in turn); MJPEG so a truncated copy keeps its first frames."""
     path = tmp_path_factory.mktemp("video") / "people.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, FRAME_SIZE)
-    for photo in sorted((coco_mini / "val2017").glob("*.jpg"))[:FRAMES]:
-        writer.write(cv2.resize(read_image(photo), FRAME_SIZE))
+    photos = sorted((coco / "val2017").glob("*.jpg"))
+    for index in range(FRAMES):
+        writer.write(cv2.resize(read_image(photos[index % len(photos)]), FRAME_SIZE))
     writer.release()
     return path
 
@@ -74,11 +75,11 @@ def test_truncated_video_stops_cleanly_with_a_warning(runtime_models, video, tmp
 
 
 def test_folder_skips_unreadable_images_and_bad_sources_fail_in_one_line(
-    runtime_models, coco_mini, tmp_path, capsys, caplog
+    runtime_models, coco, tmp_path, capsys, caplog
 ):
     folder = tmp_path / "photos"
     folder.mkdir()
-    for photo in sorted((coco_mini / "val2017").glob("*.jpg"))[:2]:
+    for photo in sorted((coco / "val2017").glob("*.jpg"))[:2]:
         (folder / photo.name).write_bytes(photo.read_bytes())
     (folder / "broken.jpg").write_bytes(b"")
     model = str(runtime_models["float"])

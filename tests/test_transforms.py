@@ -1,4 +1,4 @@
-"""Augmentations and target encoding on real coco-mini people, and agreement with the shared preprocessing."""
+"""Augmentations and target encoding on real COCO people, and agreement with the shared preprocessing."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from poet.processing import PreprocessConfig, decode_keypoints, preprocess
 
 
 @pytest.fixture(scope="module")
-def photo_with_people(coco_mini):
-    data = json.loads((coco_mini / "annotations" / "person_keypoints_val2017.json").read_text())
+def photo_with_people(coco):
+    data = json.loads((coco / "annotations" / "person_keypoints_val2017.json").read_text())
     counts = {}
     for annotation in data["annotations"]:
         if annotation["num_keypoints"] > 5:
             counts.setdefault(annotation["image_id"], []).append(annotation)
     image_id = max(counts, key=lambda i: len(counts[i]))
     name = next(i["file_name"] for i in data["images"] if i["id"] == image_id)
-    return read_image(coco_mini / "val2017" / name), people_from_coco(counts[image_id])
+    return read_image(coco / "val2017" / name), people_from_coco(counts[image_id])
 
 
 def test_coco_visibility_two_is_the_only_visible():
@@ -100,14 +100,14 @@ def test_targets_decode_back_to_the_pixels(photo_with_people):
     assert (labels == 1).all()
 
 
-def test_training_eval_path_equals_the_shared_preprocessing(coco_mini):
+def test_training_eval_path_equals_the_shared_preprocessing(coco):
     """The dataset without augmentation produces exactly what preprocess() gives export and runtime."""
     config = PreprocessConfig(input_size=(224, 288))
-    dataset = CocoKeypoints(coco_mini / "annotations" / "person_keypoints_val2017.json", coco_mini / "val2017", config)
+    dataset = CocoKeypoints(coco / "annotations" / "person_keypoints_val2017.json", coco / "val2017", config)
     for index in (0, 5):
         sample = dataset[index]
         assert sample is not None
-        path = coco_mini / "val2017" / dataset.entries[index][0]["file_name"]
+        path = coco / "val2017" / dataset.entries[index][0]["file_name"]
         batch, mask, _ = preprocess([read_image(path)], config)
         height, width = sample.image.shape[1:]
         assert not mask[0, :height, :width].any() and mask[0].sum() == mask[0].size - height * width
