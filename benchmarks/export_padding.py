@@ -26,8 +26,6 @@ from poet.images import read_image
 from poet.optimize.export import export_onnx
 from poet.processing import decode_keypoints, fit_size, normalize, person_scores, preprocess, resize_image
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _aspect_classes(images: list[np.ndarray], per_class: int) -> dict[str, list[np.ndarray]]:
     ratios = [image.shape[1] / image.shape[0] for image in images]
@@ -87,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, action="append", required=True, help="repeat for several models")
     parser.add_argument("--input-size", type=int, nargs=2, help="override every checkpoint's letterbox size")
-    parser.add_argument("--coco", type=Path, default=REPO.parent / "shared" / "data" / "coco-mini")
+    parser.add_argument("--coco", type=Path, required=True, help="COCO-layout root whose val2017/ photographs are used")
     parser.add_argument("--per-class", type=int, default=5, help="photographs per aspect-ratio class")
     parser.add_argument("--threshold", type=float, default=0.5)
     args = parser.parse_args()

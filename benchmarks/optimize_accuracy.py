@@ -9,8 +9,8 @@ printed too (keypoints in input pixels, person score).
     python -m poet.benchmarks.optimize_accuracy --checkpoint /tmp/recipe6/best.pth \\
         --calib-images /tmp/synth/train2017 \\
         --eval synthetic /tmp/synth/annotations/person_keypoints_val2017.json /tmp/synth/val2017 \\
-        --eval coco-mini ../shared/data/coco-mini/annotations/person_keypoints_val2017.json \\
-            ../shared/data/coco-mini/val2017
+        --eval coco COCO_ROOT/annotations/person_keypoints_val2017.json \\
+            COCO_ROOT/val2017
 """
 
 from __future__ import annotations

@@ -24,8 +24,6 @@ from poet.checkpoint import load_model
 from poet.images import read_image
 from poet.processing import preprocess
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _onnx_runner(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
     def run() -> None:
@@ -39,7 +37,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="for the PyTorch eager baseline")
     parser.add_argument("--input-size", type=int, nargs=2, default=(512, 512))
     parser.add_argument("--onnx", action="append", required=True, metavar="NAME=PATH", help="fp32=... is the base")
-    parser.add_argument("--image", type=Path, default=REPO.parent / "shared/data/coco-mini/val2017/000000000139.jpg")
+    parser.add_argument("--image", type=Path, required=True, help="photograph to time")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--runs-per-round", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=3)

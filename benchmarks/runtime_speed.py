@@ -23,8 +23,6 @@ import numpy as np
 from poet.images import list_images, read_image
 from poet.runtime import PoseEstimator
 
-REPO = Path(__file__).resolve().parents[1]
-COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"
 FRAME_SIZE = (640, 480)
 
 
@@ -71,12 +69,12 @@ def export_models(work_dir: Path, checkpoint: Path | None, calibration: Path | N
     return paths
 
 
-def camera_frames(count: int = 16) -> list[np.ndarray]:
-    """Real photographs (coco-mini val) resized to 640x480, as a camera would deliver them.
+def camera_frames(photos: Path, count: int = 16) -> list[np.ndarray]:
+    """Real photographs (a folder of them, e.g. COCO val2017) resized to 640x480, as a camera would deliver them.
 
     Several distinct frames (14 MiB together), so each letterbox reads memory that is not in cache, like a new frame.
     """
-    return [cv2.resize(read_image(path), FRAME_SIZE) for path in list_images(COCO_MINI / "val2017")[:count]]
+    return [cv2.resize(read_image(path), FRAME_SIZE) for path in list_images(photos)[:count]]
 
 
 def per_call(calls: int, function: Callable[..., object], *arguments: Sequence[object]) -> float:
@@ -87,9 +85,9 @@ def per_call(calls: int, function: Callable[..., object], *arguments: Sequence[o
     return (time.perf_counter() - started) / calls
 
 
-def measure(models: dict[str, Path], rounds: int, calls: int, inference_calls: int) -> dict[str, Timings]:
+def measure(models: dict[str, Path], photos: Path, rounds: int, calls: int, inference_calls: int) -> dict[str, Timings]:
     """Time prepare (letterbox), inference and decode of every model, one round of each in turn."""
-    frames = camera_frames()
+    frames = camera_frames(photos)
     # Threshold 0 decodes every query labelled person: the worst case of decoding cost.
     estimators = {name: PoseEstimator(path, score_threshold=0.0) for name, path in models.items()}
     timings = {name: Timings() for name in models}
@@ -126,17 +124,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="POET checkpoint to export (default: POET-R50 512x512, random)")
     parser.add_argument("--work-dir", type=Path, help="where exported models are kept between runs (default: temp)")
-    parser.add_argument("--calib-images", type=Path, default=COCO_MINI / "train2017", help="INT8 calibration folder")
-    parser.add_argument("--no-int8", action="store_true", help="FP32 models only (no calibration)")
+    parser.add_argument("--photos", type=Path, required=True, help="folder of photographs to use as camera frames")
+    parser.add_argument("--calib-images", type=Path, help="INT8 calibration folder (no INT8 models without it)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of all models in turn (default: 5)")
     parser.add_argument("--calls", type=int, default=50, help="letterbox/decode calls per round (default: 50)")
     parser.add_argument("--inference-calls", type=int, default=3, help="inferences per round (default: 3)")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
-    calibration = None if args.no_int8 else args.calib_images
+    calibration = args.calib_images
     with tempfile.TemporaryDirectory() as temp:
         models = export_models(args.work_dir or Path(temp), args.checkpoint, calibration)
-        timings = measure(models, args.rounds, args.calls, args.inference_calls)
+        timings = measure(models, args.photos, args.rounds, args.calls, args.inference_calls)
     what = args.checkpoint or "POET-R50 512x512 (random weights)"
     print(f"{what}: {FRAME_SIZE[0]}x{FRAME_SIZE[1]} frames, letterbox and decode on one core (cv2 threads 1),")
     print(f"ONNX Runtime inference with its default threads; medians of {args.rounds} rounds; people: poses decoded")

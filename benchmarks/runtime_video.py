@@ -22,7 +22,7 @@ from pathlib import Path
 
 import cv2
 
-from poet.benchmarks.runtime_speed import COCO_MINI, FRAME_SIZE, export_models
+from poet.benchmarks.runtime_speed import FRAME_SIZE, export_models
 from poet.images import list_images, read_image
 
 WARM_UP_FRAMES = 50
@@ -52,9 +52,9 @@ MEMORY_PROBE = textwrap.dedent(
 )
 
 
-def make_video(path: Path, frames: int) -> Path:
-    """coco-mini val photographs resized to 640x480, cycled to ``frames`` frames (MJPEG, fast to decode)."""
-    photos = [cv2.resize(read_image(p), FRAME_SIZE) for p in list_images(COCO_MINI / "val2017")]
+def make_video(path: Path, folder: Path, frames: int) -> Path:
+    """The photographs of ``folder`` resized to 640x480, cycled to ``frames`` frames (MJPEG, fast to decode)."""
+    photos = [cv2.resize(read_image(p), FRAME_SIZE) for p in list_images(folder)]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 30.0, FRAME_SIZE)
     for index in range(frames):
         writer.write(photos[index % len(photos)])
@@ -84,8 +84,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="POET checkpoint to export (default: POET-R50 512x512, random)")
     parser.add_argument("--work-dir", type=Path, help="where exported models are kept between runs (default: temp)")
-    parser.add_argument("--calib-images", type=Path, default=COCO_MINI / "train2017", help="INT8 calibration folder")
-    parser.add_argument("--no-int8", action="store_true", help="FP32 model only (no calibration)")
+    parser.add_argument("--photos", type=Path, required=True, help="folder of photographs to make the video from")
+    parser.add_argument("--calib-images", type=Path, help="INT8 calibration folder (FP32 model only without it)")
     parser.add_argument(
         "--fps-frames", type=int, default=100, help="frames for each poet-run FPS figure (default: 100)"
     )
@@ -93,10 +93,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temp:
         work_dir = args.work_dir or Path(temp)
-        models = export_models(work_dir, args.checkpoint, None if args.no_int8 else args.calib_images)
+        models = export_models(work_dir, args.checkpoint, args.calib_images)
         name = "int8 uint8" if "int8 uint8" in models else "fp32 uint8"
         model = models[name]
-        video = make_video(Path(temp) / "people.avi", max(args.frames, args.fps_frames))
+        video = make_video(Path(temp) / "people.avi", args.photos, max(args.frames, args.fps_frames))
         what = args.checkpoint or "POET-R50 512x512 (random weights)"
         print(f"{what}, {name} ONNX on ONNX Runtime CPU; video of {FRAME_SIZE[0]}x{FRAME_SIZE[1]} coco-mini photos")
         for save_video in (False, True):

@@ -1,4 +1,4 @@
-"""POET training loss (facts §11): Hungarian matching, then per-layer class and keypoint terms.
+"""POET training loss, with the authors' terms and weights: Hungarian matching, then per-layer class and keypoint terms.
 
 ``SetCriterion.forward`` returns the unweighted terms under the official names; ``weighted_total`` applies
 ``weight_dict``. With the default arguments every coefficient equals the official default, and the aux
@@ -8,7 +8,7 @@ All keypoint sums are over the matched pairs and divided by ``num_people``: the 
 batch, empty people (label 0, centre visibility 0) included, averaged over processes when torch.distributed
 is initialised and clamped to at least 1.
 
-Decisions on the official quirks (facts §14):
+Decisions on the authors' quirks:
   * #8 REPRODUCED: squared centre error (the matcher uses the Euclidean distance), L1 sums normalised by a
     people count that includes empty people, squared error on the sigmoided visibilities instead of BCE.
   * The official loss picks a masking branch from the matched targets; as in the matcher (see

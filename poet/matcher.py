@@ -1,4 +1,4 @@
-"""Hungarian matching between POET queries and ground-truth people (facts §10).
+"""Hungarian matching between POET queries and ground-truth people, with the authors' cost terms.
 
 For every query q and target j the cost is a weighted sum of
   * class: minus the softmax probability of the target's label (0 = person without keypoints, 1 = person),
@@ -9,7 +9,7 @@ For every query q and target j the cost is a weighted sum of
 All B*Q predictions are scored against all n targets of the batch in one set of tensor ops; scipy's
 ``linear_sum_assignment`` then runs on each image's (Q x n_img) block.
 
-Decisions on the official quirks (facts §14):
+Decisions on the authors' quirks:
   * #5 FIXED. When any target has centre visibility 0, the official matcher also zeroes the visibility
     predictions of the query rows whose flat index equals such a target's index, which corrupts unrelated
     queries. Here only the target side is masked: a target with centre visibility 0 supervises no centre or
@@ -96,7 +96,7 @@ def _euclidean_cost(pred: Tensor, target: Tensor) -> Tensor:
 
 
 class HungarianMatcher(nn.Module):
-    """One-to-one assignment of queries to target people minimising the weighted cost of facts §10."""
+    """One-to-one assignment of queries to target people minimising the weighted cost of the authors' terms."""
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ Training, evaluation, export and the torch-free runtime all call these functions
 never drift between stages because one of them resized, padded or decoded differently. Only numpy
 and OpenCV are used here.
 
-Layout of POET's 53 keypoint outputs per query (all after sigmoid, facts file section 1):
+Layout of POET's 53 keypoint outputs per query (all after sigmoid, the authors' layout):
 index 0, 1 are the person centre (cx, cy) as fractions of the image; for keypoint k,
 ``2 + 3k`` and ``3 + 3k`` are its offsets from the centre encoded as ``0.5 + d / (2 * size)``,
 and ``4 + 3k`` is its visibility score.

@@ -1,4 +1,4 @@
-"""Matcher and criterion against facts §10/§11, checked by hand values and independent loops."""
+"""Matcher and criterion against the authors' cost and loss terms, checked by hand values and independent loops."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Our POET forward pass against an independent re-implementation written from the official-behaviour facts.
+"""Our POET forward pass against an independent re-implementation written from the authors' description.
 
-The reference below is derived only from ``/work/shared/reference/poet-official-facts.md`` (sections
-1-5, 14 #25 and 15), which describes the authors' model exactly. It reads the model's ``state_dict()``
+The reference below is derived only from a written description of the authors' model (backbone, position
+encoding, transformer, heads and their documented quirks), not from our code. It reads the model's ``state_dict()``
 as plain tensors and never calls a forward method of ``poet.model``:
 
 * the ResNet is torchvision's own, built with the *standard* ``nn.BatchNorm2d`` in eval mode and
@@ -43,7 +43,7 @@ SMALL_CONFIG = PoetConfig(
     num_queries=7,
     padding_invariant=False,
 )
-# The released POET-R50: the authors' defaults with 25 queries (facts section 6). padding_invariant=False is
+# The released POET-R50: the authors' defaults with 25 queries. padding_invariant=False is
 # the authors' model exactly; tests/test_model.py checks what the default (True) changes: only padded inputs.
 R50_CONFIG = PoetConfig(num_queries=25, padding_invariant=False)
 
@@ -53,7 +53,7 @@ LAYER_NORM_EPS = 1e-5
 
 
 # --------------------------------------------------------------------------------------------------
-# Reference implementation (facts sections 2-5). Works on (batch, length, channels) sequences, a
+# Reference implementation. Works on (batch, length, channels) sequences, a
 # different layout from the (length, batch, channels) one the authors' code uses internally.
 # --------------------------------------------------------------------------------------------------
 
@@ -62,7 +62,7 @@ def reference_backbone(state: dict[str, Tensor], backbone: str, images: Tensor) 
     """Stem + layer1..layer4 of torchvision's ResNet with ordinary BatchNorm loaded from the FrozenBN buffers.
 
     Eval-mode ``nn.BatchNorm2d`` computes ``(x - mean) / sqrt(var + eps) * weight + bias``, the same
-    function FrozenBN folds into one scale and shift (facts section 2), with eps 1e-5.
+    function FrozenBN folds into one scale and shift, with eps 1e-5.
     """
     resnet = getattr(torchvision.models, backbone)(weights=None).eval()
     body = {name.removeprefix(BODY_PREFIX): t for name, t in state.items() if name.startswith(BODY_PREFIX)}
@@ -86,7 +86,7 @@ def reference_feature_mask(mask: Tensor, height: int, width: int) -> Tensor:
 
 
 def reference_sine_encoding(mask: np.ndarray, hidden_dim: int) -> np.ndarray:
-    """The normalised 2-D sine encoding of facts section 3, one channel at a time; [B, hidden_dim, h, w].
+    """The normalised 2-D sine encoding (DETR's, normalised), one channel at a time; [B, hidden_dim, h, w].
 
     Positions are 1-based cumulative counts of valid cells, divided by the count in the last row
     (or column) plus 1e-6 and scaled to 2*pi; channel j uses frequency 10000^(2*floor(j/2)/F) with
@@ -166,7 +166,7 @@ def count_layers(state: dict[str, Tensor], prefix: str) -> int:
 def reference_forward(
     state: dict[str, Tensor], backbone: str, heads: int, images: Tensor, mask: Tensor | None = None
 ) -> dict[str, Tensor]:
-    """POET's eval-mode forward from the facts; returns every stage, heads for all decoder layers.
+    """POET's eval-mode forward from the description; returns every stage, heads for all decoder layers.
 
     ``logits`` [L, B, Q, 3] and ``kpts`` [L, B, Q, 53] hold decoder layers 1..L in order, so the
     last entry is the model's final output and the others are its ``aux_outputs``.
@@ -279,7 +279,7 @@ def captured_stages(model: nn.Module) -> Iterator[dict[str, object]]:
         stages["projected"] = output
 
     def on_last_encoder_layer(module: nn.Module, args: tuple, output: Tensor) -> None:
-        stages["memory"] = output.transpose(0, 1)  # (L, B, C) internally, facts section 4
+        stages["memory"] = output.transpose(0, 1)  # (L, B, C) internally, as DETR's transformer keeps it
 
     def on_decoder_norm(module: nn.Module, args: tuple, output: Tensor) -> None:
         stages["decoded"].append(output.transpose(0, 1))  # type: ignore[union-attr]
@@ -409,7 +409,7 @@ def test_masking_makes_padding_invisible_after_the_backbone(small_model: nn.Modu
 def test_conv_backbone_leaks_padding_into_valid_features(small_model: nn.Module) -> None:
     """End to end, padding is *not* invisible: an exporter may not pad and expect the unpadded poses.
 
-    Nothing in the facts promises otherwise (section 15 says: unpadded input, no mask). Even with a
+    Nothing in the authors' description promises otherwise (their inference takes unpadded input, no mask). Even with a
     valid size that is a multiple of 32, the first stride-1 3x3 convolution (layer1) reads across the
     valid border: alone it sees its own zero padding, in the canvas it sees the previous layer's
     activations there. The ResNet's receptive field then spreads that into every valid feature cell.

@@ -4,7 +4,7 @@ Each epoch: train, step the learning-rate schedule, write ``checkpoint.pth`` ato
 optimizer, scheduler, grad scaler, epoch, RNG states), evaluate OKS AP every ``eval_every``
 epochs (``best.pth`` keeps the best), and append to ``metrics.csv`` and TensorBoard.
 
-Deliberate departures from the authors' loop (facts file sections 13-14): gradients are unscaled
+Deliberate departures from the authors' loop: gradients are unscaled
 before clipping under mixed precision (#19), and the matcher runs on any device (#17).
 """
 

@@ -1,4 +1,4 @@
-"""Training targets in the authors' layout (facts file section 8), built from keypoints in pixels.
+"""Training targets in the authors' layout, built from keypoints in pixels.
 
 A person is a (17, 3) array of x, y, visibility in absolute pixels of the current (augmented)
 image, visibility already mapped to 0/1: COCO's v=2 is visible, v=0 and v=1 (labelled but
@@ -6,7 +6,7 @@ occluded) are not, as in the authors' code. The 54-value target per person is
 ``[cx, cy, cv, dx0, dy0, v0, ..., dx16, dy16, v16]`` with the centre as a fraction of the image
 and offsets encoded as ``0.5 + d / (2 * size)``, the same encoding :mod:`poet.processing` decodes.
 
-Quirks of the authors' encoding (facts file section 14) decided here:
+Quirks of the authors' encoding decided here:
 
 * #3 fixed: label 0 ("person without keypoints") means no visible keypoint. The authors test
   the nose offset instead, which also relabels people whose only visible keypoint is the nose.

@@ -4,7 +4,7 @@ Kept to what the authors' recipe needs and what a fixed-size deployment benefits
 horizontal flip with the left/right swap, multi-scale resize into the model's letterbox, and a
 random crop. The evaluation side is :func:`poet.processing.preprocess` itself, so training sees
 the same resize and normalisation as export and the runtime. The authors' rotation and coarse
-dropout (facts file section 9) are not implemented.
+dropout are not implemented.
 """
 
 from __future__ import annotations

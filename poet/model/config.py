@@ -11,7 +11,7 @@ RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 @dataclass(frozen=True)
 class PoetConfig:
-    """Defaults are the authors' ``main.py`` defaults (facts file section 7); the released POET-R50 uses 25 queries."""
+    """Defaults are the authors' ``main.py`` defaults; the released POET-R50 uses 25 queries."""
 
     backbone: str = "resnet50"
     # Channels of the ResNet stem (the stages have 2x, 4x, 8x as many). 64 is torchvision's and the only

@@ -1,4 +1,4 @@
-"""2-D position encodings of the feature map (facts file section 3).
+"""2-D position encodings of the feature map, as in DETR and the authors' POET.
 
 The sine encoding normalises by the count of unpadded positions in the last row/column, so padded
 regions repeat the last valid value; exporters feed the padding mask to keep that exact.

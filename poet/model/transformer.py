@@ -1,4 +1,4 @@
-"""DETR's encoder-decoder transformer (facts file section 4), post-norm by default.
+"""DETR's encoder-decoder transformer, as the authors' POET uses it, post-norm by default.
 
 Positional encodings are added to queries and keys only, never to values, which is why the
 layers are written here rather than taken from ``torch.nn.Transformer``. Sequences are (L, B, C).
