@@ -1,0 +1,295 @@
+"""The prepared GPU check: every figure poet-edge wants from a machine with CUDA, in one run and one JSON.
+
+Rows: PyTorch FP32 and FP16 (autocast) inference latency of POET-R50 at 512x512, batch 1 and 8, eager and
+replayed as a CUDA graph; AMP training images/s at batch 8 through the real training loop; the runtime's
+cuda-python buffers, stream and graph (a round trip checked bit for bit, with its copy bandwidth); and ONNX
+Runtime on the CPU on the same model's ONNX export as a control. Without CUDA every GPU row is reported as
+skipped with the reason, and the control still runs. Weights are random unless ``--checkpoint`` is given
+(latency does not depend on them). ``benchmarks/device_check.sh`` runs it from a bare checkout.
+
+Run: ``python -m poet.benchmarks.device_check [--output device_check.json] [--backbone resnet18 --input-size 128]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from poet.checkpoint import load_model, save_checkpoint
+from poet.fileio import write_json
+from poet.model import POET, PoetConfig, build_model
+from poet.processing import PreprocessConfig
+
+Row = dict[str, Any]
+
+
+def skipped(name: str, reason: str, **settings: Any) -> Row:
+    return {"name": name, **settings, "status": "skipped", "reason": reason}
+
+
+def failed(name: str, error: BaseException, **settings: Any) -> Row:
+    return {"name": name, **settings, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
+
+
+def percentiles(milliseconds: list[float]) -> dict[str, float]:
+    values = np.asarray(milliseconds)
+    return {f"p{q}_ms": round(float(np.percentile(values, q)), 3) for q in (50, 90, 99)}
+
+
+def cuda_reason() -> str | None:
+    """Why the GPU rows cannot run here, or None when they can."""
+    if not torch.cuda.is_available():
+        return f"no CUDA device visible to torch {torch.__version__}"
+    return None
+
+
+def time_cuda(step: Callable[[], Any], iters: int, warmup: int) -> list[float]:
+    """Milliseconds per call of ``step`` between CUDA events, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def inference_row(model: POET, size: int, batch: int, fp16: bool, graph: bool, iters: int, warmup: int) -> Row:
+    """Latency of one forward pass on the GPU, eager or replayed as a CUDA graph."""
+    images = torch.randn(batch, 3, size, size, device="cuda")
+    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=fp16, cache_enabled=False)
+
+    def forward() -> Any:
+        with torch.inference_mode(), autocast:
+            return model(images)
+
+    step = forward
+    if graph:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up on a side stream, as CUDA graph capture requires
+                forward()
+        torch.cuda.current_stream().wait_stream(side)
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph):
+            forward()
+        step = cuda_graph.replay
+    times = time_cuda(step, iters, warmup)
+    p50 = float(np.percentile(times, 50))
+    return {**percentiles(times), "images_per_s": round(batch * 1000.0 / p50, 1), "status": "ok"}
+
+
+def inference_rows(model: POET, size: int, batches: Sequence[int], iters: int, warmup: int) -> list[Row]:
+    rows = []
+    reason = cuda_reason()
+    if reason is None:
+        model = model.cuda()
+    for precision in ("fp32", "fp16"):
+        for batch in batches:
+            for graph in (False, True):
+                settings = {"precision": precision, "batch": batch, "cuda_graph": graph, "input_size": size}
+                name = "torch-inference"
+                if reason is not None:
+                    rows.append(skipped(name, reason, **settings))
+                    continue
+                try:
+                    row = inference_row(model, size, batch, precision == "fp16", graph, iters, warmup)
+                    rows.append({"name": name, **settings, **row})
+                except Exception as error:  # a failing row is reported, and the others still run
+                    rows.append(failed(name, error, **settings))
+    if reason is None:
+        model.cpu()
+        torch.cuda.empty_cache()
+    return rows
+
+
+def training_row(backbone: str, size: int, batch: int, steps: int) -> Row:
+    """AMP training images/s through the real poet-train loop on synthetic people."""
+    settings = {"backbone": backbone, "input_size": size, "batch": batch, "amp": True, "steps": steps}
+    reason = cuda_reason()
+    if reason is not None:
+        return skipped("torch-training", reason, **settings)
+    from poet.benchmarks.train_throughput import measure
+
+    try:
+        with tempfile.TemporaryDirectory() as work_dir:
+            result = measure(steps, size, batch, "cuda", True, backbone, Path(work_dir))
+    except Exception as error:
+        return failed("torch-training", error, **settings)
+    shares = {
+        f"share_{k}": round(v, 3) for k, v in result.items() if k not in ("images_per_second", "seconds_per_step")
+    }
+    return {
+        "name": "torch-training",
+        **settings,
+        "images_per_s": round(result["images_per_second"], 1),
+        "seconds_per_step": round(result["seconds_per_step"], 4),
+        **shares,
+        "status": "ok",
+    }
+
+
+def runtime_cuda_row(nbytes: int = 8 * 512 * 512 * 3) -> Row:
+    """The runtime's own CUDA layer: pinned buffers, copies both ways, a captured graph; checked and timed."""
+    from poet.runtime.compat import TensorRTUnavailable
+    from poet.runtime.cuda_memory import CudaError, device_info, open_stream
+
+    settings = {"bytes": nbytes}
+    try:
+        device = device_info(0)
+        stream = open_stream(0)
+    except (CudaError, TensorRTUnavailable) as error:
+        return skipped("runtime-cuda", str(error), **settings)
+    try:
+        buffer = stream.allocate(nbytes)
+        pattern = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)
+        buffer.host_view((nbytes,), np.dtype(np.uint8))[...] = pattern
+        started = time.perf_counter()
+        stream.copy_to_device(buffer, nbytes)
+        stream.synchronize()
+        upload = time.perf_counter() - started
+        buffer.host[:] = 0
+        started = time.perf_counter()
+        stream.copy_to_host(buffer, nbytes)
+        stream.synchronize()
+        download = time.perf_counter() - started
+        round_trip = bool(np.array_equal(buffer.host_view((nbytes,), np.dtype(np.uint8)), pattern))
+        graph_ok: bool | None = None
+        if stream.supports_graphs:
+
+            def enqueue() -> bool:
+                stream.copy_to_device(buffer, nbytes)
+                stream.copy_to_host(buffer, nbytes)
+                return True
+
+            graph = stream.capture_graph(enqueue)
+            if graph is not None:
+                buffer.host_view((nbytes,), np.dtype(np.uint8))[...] = pattern[::-1]
+                stream.launch_graph(graph)
+                stream.synchronize()
+                graph_ok = bool(np.array_equal(buffer.host_view((nbytes,), np.dtype(np.uint8)), pattern[::-1]))
+                stream.destroy_graph(graph)
+            else:
+                graph_ok = False
+    except Exception as error:
+        return failed("runtime-cuda", error, **settings)
+    finally:
+        stream.close()
+    return {
+        "name": "runtime-cuda",
+        **settings,
+        "device": device.name,
+        "compute_capability": device.compute_capability,
+        "bindings": type(stream).__name__,
+        "round_trip_equal": round_trip,
+        "graph_replay_equal": graph_ok,
+        "upload_gb_per_s": round(nbytes / upload / 1e9, 2),
+        "download_gb_per_s": round(nbytes / download / 1e9, 2),
+        "status": "ok" if round_trip and graph_ok is not False else "failed",
+    }
+
+
+def onnxruntime_row(checkpoint: Path, size: int, iters: int, warmup: int) -> Row:
+    """ONNX Runtime on the CPU on the model's FP32 export, against PyTorch on the CPU: latency and agreement."""
+    settings = {"precision": "fp32", "batch": 1, "input_size": size, "provider": "CPUExecutionProvider"}
+    try:
+        from poet.optimize.export import export_onnx
+        from poet.runtime import PoseEstimator
+    except ImportError as error:
+        return skipped("onnxruntime-cpu", f"cannot export here: {error}", **settings)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            exported = export_onnx(checkpoint, Path(folder) / "model.onnx", progress=False)
+            estimator = PoseEstimator(exported.path)
+            image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+            inputs, _ = estimator.prepare([image])
+            for _ in range(warmup):
+                estimator.backend.infer(*inputs)
+            times = []
+            for _ in range(iters):
+                started = time.perf_counter()
+                estimator.backend.infer(*inputs)
+                times.append(1000.0 * (time.perf_counter() - started))
+    except Exception as error:
+        return failed("onnxruntime-cpu", error, **settings)
+    return {"name": "onnxruntime-cpu", **settings, **percentiles(times), "exported": True, "status": "ok"}
+
+
+def environment() -> dict[str, Any]:
+    import onnxruntime
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "onnxruntime": onnxruntime.__version__,
+        "gpu": gpu,
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def describe(row: Row) -> str:
+    keys = [k for k in row if k not in ("name", "status", "reason")]
+    settings = ", ".join(f"{k}={row[k]}" for k in keys)
+    if row["status"] != "ok":
+        return f"{row['name']:<16} {row['status'].upper()}: {row['reason']} ({settings})"
+    return f"{row['name']:<16} {settings}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("device_check.json"), help="JSON of every row")
+    parser.add_argument("--checkpoint", type=Path, help="POET checkpoint to time (default: random POET-R50)")
+    parser.add_argument("--backbone", default="resnet50", help="backbone of the random model (default: resnet50)")
+    parser.add_argument("--input-size", type=int, default=512, help="square input size (default: 512)")
+    parser.add_argument("--batches", default="1,8", help="inference batch sizes (default: 1,8)")
+    parser.add_argument("--train-batch", type=int, default=8, help="AMP training batch (default: 8)")
+    parser.add_argument("--train-steps", type=int, default=10, help="timed training steps (default: 10)")
+    parser.add_argument("--iters", type=int, default=50, help="timed GPU forward passes per row (default: 50)")
+    parser.add_argument("--cpu-iters", type=int, default=10, help="timed ONNX Runtime CPU runs (default: 10)")
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            torch.manual_seed(0)
+            config = PoetConfig(backbone=args.backbone, num_queries=25)
+            checkpoint = Path(folder) / "poet.pth"
+            save_checkpoint(checkpoint, build_model(config, PreprocessConfig(input_size=(args.input_size,) * 2)))
+        model = load_model(checkpoint)
+        rows = inference_rows(model, args.input_size, batches, args.iters, warmup=10)
+        rows.append(training_row(args.backbone, args.input_size, args.train_batch, args.train_steps))
+        rows.append(runtime_cuda_row())
+        rows.append(onnxruntime_row(checkpoint, args.input_size, args.cpu_iters, warmup=2))
+    seconds = round(time.perf_counter() - started, 1)
+    where = environment()
+    write_json(args.output, {"environment": where, "seconds": seconds, "rows": rows}, indent=1)
+    print(f"device check on {where['gpu'] or 'no GPU'} in {seconds} s:")
+    for row in rows:
+        print("  " + describe(row))
+    print(f"written to {args.output}")
+    return 1 if any(row["status"] == "failed" for row in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
