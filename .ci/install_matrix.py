@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomllib
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from poet.console import COMMANDS  # noqa: E402  (stdlib only: the table of tools and their extras)
@@ -29,9 +31,20 @@ from poet.extras import EXTRAS  # noqa: E402
 
 PHOTO = REPO / "tests" / "data" / "coco" / "val2017" / "000000397133.jpg"
 COCO = REPO / "tests" / "data" / "coco"
-EXTRA_INCLUDES = {"model": {"model"}, "train": {"model", "train"}, "optimize": {"model", "optimize"}}
-EXTRA_INCLUDES["bench"] = EXTRA_INCLUDES["optimize"] | {"bench"}
-EXTRA_INCLUDES["dev"] = EXTRA_INCLUDES["train"] | EXTRA_INCLUDES["bench"]
+# Which extras each extra includes, read from pyproject's own "poet-edge[...]" entries.
+OPTIONAL = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def included(extra: str) -> set[str]:
+    """``extra`` and every extra its requirements name as ``poet-edge[...]``, transitively."""
+    found = {extra}
+    for requirement in OPTIONAL.get(extra, []):
+        if requirement.startswith("poet-edge["):
+            for name in requirement[len("poet-edge[") :].split("]")[0].split(","):
+                found |= included(name.strip())
+    return found
+
+
 # The modules a line must not bring, by the extras it has (those of every extra it lacks, TensorRT aside),
 # less those a dependency of one of its extras requires: nvidia-modelopt requires scipy and PyYAML.
 ALL_MODULES = {module for extra, (_, modules) in EXTRAS.items() if extra != "tensorrt" for module in modules}
@@ -56,7 +69,7 @@ class Line:
 
 
 def covered(extras: list[str]) -> set[str]:
-    return set().union(*(EXTRA_INCLUDES.get(extra, {extra}) for extra in extras)) if extras else set()
+    return set().union(*(included(extra) for extra in extras))
 
 
 def claimed_commands(extras: list[str]) -> list[str]:

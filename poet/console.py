@@ -47,88 +47,62 @@ def _command_of(main: Callable[..., int]) -> tuple[str, tuple[str, ...]]:
     return main.__module__, ()
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
-    """Turn user errors into one ``error:`` line and exit code 2, Ctrl-C into exit code 130.
+def _guarded(call: Callable[[], int], user: str, extras: Sequence[str]) -> int:
+    """Run ``call`` inside the boundary: user errors become one ``error:`` line and exit code 2, Ctrl-C exit 130.
 
     A module that an extra would bring counts as a user error (install that extra); any other exception is
     a bug and keeps its traceback.
     """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        return call()
+    except PoetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        line = missing_extra(error, user, extras)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """A tool's ``main(argv)`` inside the boundary, as its tests and ``python -m`` call it."""
     name, extras = _command_of(main)
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> int:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-        try:
-            return main(argv)
-        except PoetError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        except ModuleNotFoundError as error:
-            line = missing_extra(error, name, extras)
-            if line is None:
-                raise
-            print(f"error: {line}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        return _guarded(lambda: main(argv), name, extras)
 
     return wrapper
 
 
 def launch(name: str, argv: Sequence[str] | None = None) -> int:
-    """Check command ``name``'s extras (except for ``--help``), import its module inside the boundary, run it."""
+    """Check command ``name``'s extras (except for ``--help``), then import and run it inside the boundary."""
     command = COMMANDS[name]
-    user = command.said_as or name
     module, function = command.target.split(":")
     arguments = sys.argv[1:] if argv is None else list(argv)
-    try:
+    user = command.said_as or name
+
+    def start() -> int:
         if not {"-h", "--help"} & set(arguments):
             check_installed(command.extras, user)
-        main = getattr(importlib.import_module(module), function)
-    except PoetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as error:
-        line = missing_extra(error, user, command.extras)
-        if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr)
-        return 2
-    return int(main(arguments))
+        return int(getattr(importlib.import_module(module), function)(arguments))
+
+    return _guarded(start, user, command.extras)
 
 
-def poet() -> int:
-    return launch("poet")
-
-
-def poet_run() -> int:
-    return launch("poet-run")
-
-
-def poet_synth() -> int:
-    return launch("poet-synth")
-
-
-def poet_eval() -> int:
-    return launch("poet-eval")
-
-
-def poet_predict() -> int:
-    return launch("poet-predict")
-
-
-def poet_train() -> int:
-    return launch("poet-train")
-
-
-def poet_export() -> int:
-    return launch("poet-export")
-
-
-def poet_build_engine() -> int:
-    return launch("poet-build-engine")
-
-
-def poet_bench() -> int:
-    return launch("poet-bench")
+# The console scripts of pyproject.toml.
+poet = functools.partial(launch, "poet")
+poet_run = functools.partial(launch, "poet-run")
+poet_synth = functools.partial(launch, "poet-synth")
+poet_eval = functools.partial(launch, "poet-eval")
+poet_predict = functools.partial(launch, "poet-predict")
+poet_train = functools.partial(launch, "poet-train")
+poet_export = functools.partial(launch, "poet-export")
+poet_build_engine = functools.partial(launch, "poet-build-engine")
+poet_bench = functools.partial(launch, "poet-bench")

@@ -26,7 +26,8 @@ def test_every_console_script_is_a_launcher_of_the_command_table():
     for name, target in scripts.items():
         module, function = target.split(":")
         assert module == "poet.console" and function == name.replace("-", "_")
-        assert callable(getattr(console, function))
+        launcher = getattr(console, function)
+        assert launcher.func is console.launch and launcher.args == (name,)
         target_module = console.COMMANDS[name].target.split(":")[0]
         assert target_module.startswith("poet.")
 
