@@ -21,19 +21,19 @@ _LAZY = {
     "PoetConfig": ("poet.model", "model"),
     "build_model": ("poet.model", "model"),
     "Predictor": ("poet.predictor", "model"),
-    "HungarianMatcher": ("poet.matcher", "train"),
-    "SetCriterion": ("poet.criterion", "train"),
+    "HungarianMatcher": ("poet.train.matcher", "train"),
+    "SetCriterion": ("poet.train.criterion", "train"),
     "PreprocessConfig": ("poet.processing", ""),
     "Pose": ("poet.processing", ""),
 }
 
 if TYPE_CHECKING:
     from poet.checkpoint import load_model, read_checkpoint, save_checkpoint
-    from poet.criterion import SetCriterion
-    from poet.matcher import HungarianMatcher
     from poet.model import POET, PoetConfig, build_model
     from poet.predictor import Predictor
     from poet.processing import Pose, PreprocessConfig
+    from poet.train.criterion import SetCriterion
+    from poet.train.matcher import HungarianMatcher
 
 __all__ = [
     "POET",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).resolve().parent / "data"
+# The measurement scripts are files, not installed modules; tests import the functions they check from there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "scripts"))
 # The larger COCO subset (80 train, 79 val images) some statistical tests need; they skip without it.
 COCO_MINI = os.environ.get("POET_COCO_MINI")
 
@@ -32,8 +35,8 @@ def coco_mini() -> Path:
 @pytest.fixture
 def coco_batch(coco: Path):
     """The first four validation photographs as one padded 128x128 training batch."""
-    from poet.data.coco import CocoKeypoints, collate
     from poet.processing import PreprocessConfig
+    from poet.train.dataset import CocoKeypoints, collate
 
     dataset = CocoKeypoints(
         coco / "annotations" / "person_keypoints_val2017.json",

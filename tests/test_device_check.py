@@ -18,7 +18,7 @@ def test_device_check_script_reports_every_row_and_skips_the_gpu_ones_without_cu
     # PYTHONPATH is cleared so the script's own layout of the checkout is what gets imported.
     env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": ""}
     result = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "device_check.sh"), *small],
+        ["bash", str(REPO / "benchmarks" / "scripts" / "device_check.sh"), *small],
         cwd=tmp_path,
         env=env,
         capture_output=True,

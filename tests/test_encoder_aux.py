@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from poet.data.targets import encode_targets
-from poet.encoder_aux import EncoderKeypointHead, EncoderKeypointLoss
 from poet.model import PoetConfig, build_model
-from poet.train.engine import PoetWithEncoderHead
+from poet.train.encoder_aux import EncoderKeypointHead, EncoderKeypointLoss
+from poet.train.loop import PoetWithEncoderHead
+from poet.train.targets import encode_targets
 
 GRID = (4, 4)  # feature map of a 128x128 canvas at stride 32
 

@@ -96,8 +96,9 @@ def test_unreadable_annotation_files(tmp_path, content):
 
 def test_keypoint_precision_oracles_and_model_errors(tmp_path, tiny_checkpoint):
     """The figures behind "AP 0.5 needs keypoints within about 3% of the height": less noise, more AP."""
-    from poet.benchmarks.keypoint_precision import model_errors, oracle_scores
-    from poet.data.synthetic import generate_dataset
+    from keypoint_precision import model_errors, oracle_scores
+
+    from poet.synthetic import generate_dataset
 
     annotations = generate_dataset(tmp_path, 24, split="val2017", image_size=(128, 128), max_people=2, progress=False)
     scores = oracle_scores(annotations)

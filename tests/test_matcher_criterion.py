@@ -11,9 +11,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from poet.criterion import SetCriterion
 from poet.keypoints import PRED_DIM, split_predicted_keypoints
-from poet.matcher import (
+from poet.train.criterion import SetCriterion
+from poet.train.matcher import (
     TARGET_DIM,
     HungarianMatcher,
     MatchIndices,

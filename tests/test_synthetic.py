@@ -13,8 +13,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from poet.data.synthetic import INFERABLE_RADIUS, MAX_PERSON_HEIGHT, generate_dataset, generate_splits, main
 from poet.skeleton import KEYPOINT_NAMES, SKELETON
+from poet.synthetic import INFERABLE_RADIUS, MAX_PERSON_HEIGHT, generate_dataset, generate_splits, main
 
 HEIGHT, WIDTH = 128, 160
 SPLITS = ("train2017", "val2017")
@@ -159,7 +159,7 @@ def test_splits_and_command_line(tmp_path, capsys):
     assert all(a["keypoints"] not in train_keypoints for a in val_data["annotations"])
 
     cli_root = tmp_path / "cli"
-    main([str(cli_root), "--train", "2", "--val", "1", "--size", "64", "96", "--seed", "1", "--quiet"])
+    main([str(cli_root), "--train", "2", "--val", "1", "--size", "64", "96", "--seed", "1", "--no-progress"])
     printed = capsys.readouterr().out.split()
     annotations = cli_root / "annotations"
     assert printed == [str(annotations / f"person_keypoints_{split}.json") for split in SPLITS]

@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from poet.checkpoint import read_checkpoint
-from poet.criterion import SetCriterion
-from poet.data.coco import CocoKeypoints, collate
-from poet.data.transforms import TrainTransform
 from poet.errors import DatasetError, PoetError
 from poet.model import PoetConfig, build_model
 from poet.processing import PreprocessConfig
 from poet.train.config import TrainConfig, parse_config
-from poet.train.engine import Trainer
+from poet.train.criterion import SetCriterion
+from poet.train.dataset import CocoKeypoints, collate
+from poet.train.loop import Trainer
+from poet.train.transforms import TrainTransform
 
 TINY_MODEL = dict(
     backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=8

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from poet.data.coco import CocoKeypoints
-from poet.data.targets import encode_targets, people_from_coco
-from poet.data.transforms import TrainTransform, crop, hflip, resize
 from poet.images import read_image
 from poet.processing import PreprocessConfig, decode_keypoints, preprocess
+from poet.train.dataset import CocoKeypoints
+from poet.train.targets import encode_targets, people_from_coco
+from poet.train.transforms import TrainTransform, crop, hflip, resize
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from poet.console import run_cli
 @run_cli
 def main(argv: Sequence[str] | None = None) -> int:
     from poet.train.config import parse_config
-    from poet.train.engine import Trainer
+    from poet.train.loop import Trainer
 
     config = parse_config(list(argv) if argv is not None else None)
     history = Trainer(config).fit()

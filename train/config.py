@@ -147,7 +147,7 @@ HELP = {
     "amp": "mixed precision on CUDA (ignored on CPU)",
     "eos_coef": "class weight of 'no object' in the cross-entropy",
     "encoder_aux_coef": "weight of the training-only dense keypoint loss on the encoder tokens "
-    "(poet/encoder_aux.py; not in checkpoints' model or exports); 0 trains as the authors do",
+    "(train/encoder_aux.py; not in checkpoints' model or exports); 0 trains as the authors do",
     "flip_prob": "probability of a horizontal flip",
     "crop_prob": "probability of a random crop",
     "min_scale": "smallest multi-scale letterbox, as a fraction of --input-size",
@@ -157,6 +157,14 @@ HELP = {
     "device": "auto, cpu, cuda or cuda:N (torchrun sets the rank's GPU)",
     "threads": "torch CPU threads",
     "max_steps_per_epoch": "cut epochs short (smoke tests, benchmarks)",
+}
+
+
+# Options whose flags are the shared vocabulary of every tool (poet/console.py), with the metavar they show there;
+# the field's own flag still works.
+FLAGS = {
+    "batch_size": (("--batch", "--batch-size"), "N"),
+    "output_dir": (("-o", "--output", "--output-dir"), "PATH"),
 }
 
 
@@ -227,13 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     for name, annotation in _field_types().items():
         kind, is_list = _base_type(annotation)
-        flag = "--" + name.replace("_", "-")
+        flags, metavar = FLAGS.get(name, (("--" + name.replace("_", "-"),), None))
         default = getattr(defaults, name)
         text = f"{HELP[name]} (default: {default})" if name in HELP else f"(default: {default})"
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, help=text)
+        elif name == "input_size":
+            parser.add_argument(*flags, dest=name, type=kind, nargs=2, metavar=("H", "W"), help=text)
         else:
-            parser.add_argument(flag, type=kind, nargs="+" if is_list else None, help=text)
+            nargs = "+" if is_list else None
+            parser.add_argument(*flags, dest=name, type=kind, nargs=nargs, metavar=metavar, help=text)
     return parser
 
 

@@ -3,7 +3,7 @@
 The check behind the claim that a small POET learns on a 2-core CPU in minutes: it generates the
 data with ``poet-synth``, trains the bundled ``synthetic-small`` recipe with the real training
 loop, and evaluates the final model on validation images it never trained on.
-Run: ``python -m poet.benchmarks.train_synthetic [--train-images N] [--epochs N] [--output DIR]``.
+Run: ``python benchmarks/scripts/train_synthetic.py [--train-images N] [--epochs N] [--output DIR]``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from poet.benchmarks.quickstart import RECIPE, synthesise_for_recipe
 from poet.evaluation import coco_split_paths, format_table
 from poet.runner import evaluate_model
 from poet.train.config import parse_config
-from poet.train.engine import Trainer
+from poet.train.loop import Trainer
 
 
 def main(argv: Sequence[str] | None = None) -> None:

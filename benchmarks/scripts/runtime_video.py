@@ -5,7 +5,7 @@ Makes a 640x480 video from the coco-mini val photographs, runs the real ``poet-r
 imports only the runtime loads the model, warms up, runs 1,000 more frames and reports its resident
 memory (RSS) after the warm-up and at the end, which must not grow. The model is INT8 for CPU when
 the optimize stage can make it, else FP32 (said in the output).
-Run: ``python -m poet.benchmarks.runtime_video [--checkpoint CKPT] [--work-dir DIR] [--frames 1000]``.
+Run: ``python benchmarks/scripts/runtime_video.py [--checkpoint CKPT] [--work-dir DIR] [--frames 1000]``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
+from runtime_speed import FRAME_SIZE, add_model_options, export_models
 
-from poet.benchmarks.runtime_speed import FRAME_SIZE, export_models
 from poet.images import list_images, read_image
 
 WARM_UP_FRAMES = 50
@@ -82,10 +82,7 @@ def memory(model: Path, video: Path, frames: int, work_dir: Path) -> dict[str, f
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, help="POET checkpoint to export (default: POET-R50 512x512, random)")
-    parser.add_argument("--work-dir", type=Path, help="where exported models are kept between runs (default: temp)")
-    parser.add_argument("--photos", type=Path, required=True, help="folder of photographs to make the video from")
-    parser.add_argument("--calib-images", type=Path, help="INT8 calibration folder (FP32 model only without it)")
+    add_model_options(parser, "folder of photographs to make the video from")
     parser.add_argument(
         "--fps-frames", type=int, default=100, help="frames for each poet-run FPS figure (default: 100)"
     )

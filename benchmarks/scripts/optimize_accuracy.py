@@ -6,7 +6,7 @@ export of the checkpoint, INT8 calibrated on ``--calib-images``, and each is sco
 the drift of every query's raw outputs from FP32 on the first ``--drift-images`` of each set is
 printed too (keypoints in input pixels, person score).
 
-    python -m poet.benchmarks.optimize_accuracy --checkpoint /tmp/recipe6/best.pth \\
+    python benchmarks/scripts/optimize_accuracy.py --checkpoint /tmp/recipe6/best.pth \\
         --calib-images /tmp/synth/train2017 \\
         --eval synthetic /tmp/synth/annotations/person_keypoints_val2017.json /tmp/synth/val2017 \\
         --eval coco COCO_ROOT/annotations/person_keypoints_val2017.json \\

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from poet.data.targets import encode_targets, people_from_coco
-from poet.data.transforms import resize
 from poet.errors import DatasetError, ImageError
 from poet.evaluation import load_coco_keypoints
 from poet.images import read_image
 from poet.processing import PreprocessConfig, fit_size, normalize, pad_batch
+from poet.train.targets import encode_targets, people_from_coco
+from poet.train.transforms import resize
 
 logger = logging.getLogger("poet")
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]

@@ -2,7 +2,7 @@
 
 Walks the base requirements of the installed poet-edge and of each dependency (environment markers
 evaluated, extras ignored) and sums the files each distribution's RECORD lists. PyTorch is printed
-for comparison: the runtime never needs it. Run: ``python -m poet.benchmarks.runtime_footprint``.
+for comparison: the runtime never needs it. Run: ``python benchmarks/scripts/runtime_footprint.py``.
 """
 
 from __future__ import annotations

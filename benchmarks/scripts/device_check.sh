@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The prepared GPU check (poet.benchmarks.device_check) from a bare checkout: no install, no network.
+# The prepared GPU check (benchmarks/scripts/device_check.py) from a bare checkout: no install, no network.
 #
-#   bash benchmarks/device_check.sh --prepare      where pip reaches PyPI: the wheels the GPU machine lacks, in .whl/
-#   bash benchmarks/device_check.sh [OPTIONS]      on the GPU machine (python3 with PyTorch and ONNX Runtime)
+#   bash benchmarks/scripts/device_check.sh --prepare      where pip reaches PyPI: the wheels the GPU machine lacks, in .whl/
+#   bash benchmarks/scripts/device_check.sh [OPTIONS]      on the GPU machine (python3 with PyTorch and ONNX Runtime)
 #
 # The run lays the package out as the wheel installs it (the stage folders inside poet/) in a temporary folder,
 # adds the wheels of .whl/ if any, and writes device_check.json into $OUT (or the current folder) unless OPTIONS
-# name --output. OPTIONS are device_check's (python -m poet.benchmarks.device_check --help). It stops after
+# name --output. OPTIONS are device_check's (python benchmarks/scripts/device_check.py --help). It stops after
 # 8 minutes at most.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 # What the GPU image lacks of poet-edge's needs (it has torch, onnx, onnxruntime, cuda-python, OpenCV, tqdm).
 CARRIED_WHEELS=("onnxslim==0.1.98")
 if [ "${1:-}" = "--prepare" ]; then
@@ -31,4 +31,4 @@ case " $* " in
   *" --output "*) ;;
   *) output=(--output "${OUT:-.}/device_check.json") ;;
 esac
-PYTHONPATH="$site" timeout 480 python3 -m poet.benchmarks.device_check "${output[@]}" "$@"
+PYTHONPATH="$site" timeout 480 python3 benchmarks/scripts/device_check.py "${output[@]}" "$@"

@@ -8,7 +8,7 @@ aspect-ratio class of coco-mini val photographs, the largest keypoint difference
 pixels over all person queries, the largest person-score difference, and whether the number of
 people above the score threshold agrees; the same ONNX fed an all-False mask is the control.
 
-    python -m poet.benchmarks.export_padding --checkpoint /tmp/recipe6/best.pth
+    python benchmarks/scripts/export_padding.py --checkpoint /tmp/recipe6/best.pth
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Runtime on the CPU on the same model's ONNX export as a control. Without CUDA ev
 skipped with the reason, and the control still runs. Weights are random unless ``--checkpoint`` is given
 (latency does not depend on them). ``benchmarks/device_check.sh`` runs it from a bare checkout.
 
-Run: ``python -m poet.benchmarks.device_check [--output device_check.json] [--backbone resnet18 --input-size 128]``.
+Run: ``python benchmarks/scripts/device_check.py [--output device_check.json] [--backbone resnet18 --input-size 128]``.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def training_row(backbone: str, size: int, batch: int, steps: int) -> Row:
     reason = cuda_reason()
     if reason is not None:
         return skipped("torch-training", reason, **settings)
-    from poet.benchmarks.train_throughput import measure
+    from train_throughput import measure
 
     try:
         with tempfile.TemporaryDirectory() as work_dir:

@@ -4,7 +4,7 @@ Target: under 3 ms, and under 5% of ONNX Runtime INT8 inference, which is why ex
 uint8 BGR pixels and normalise in the graph. Measures both input layouts of POET-R50 at 512x512
 (random weights: speed does not depend on them) or of ``--checkpoint``, and the CPU INT8 variant of
 the uint8 model. Variants are timed in turns, as this machine's CPU speed drifts.
-Run: ``python -m poet.benchmarks.runtime_speed [--checkpoint CKPT] [--work-dir DIR]``.
+Run: ``python benchmarks/scripts/runtime_speed.py [--checkpoint CKPT] [--work-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -120,12 +120,17 @@ def report(timings: dict[str, Timings]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_options(parser: argparse.ArgumentParser, photos: str) -> None:
+    """The model to export, where exports are kept, the photographs and the INT8 calibration folder."""
     parser.add_argument("--checkpoint", type=Path, help="POET checkpoint to export (default: POET-R50 512x512, random)")
     parser.add_argument("--work-dir", type=Path, help="where exported models are kept between runs (default: temp)")
-    parser.add_argument("--photos", type=Path, required=True, help="folder of photographs to use as camera frames")
+    parser.add_argument("--photos", type=Path, required=True, help=photos)
     parser.add_argument("--calib-images", type=Path, help="INT8 calibration folder (no INT8 models without it)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_options(parser, "folder of photographs to use as camera frames")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of all models in turn (default: 5)")
     parser.add_argument("--calls", type=int, default=50, help="letterbox/decode calls per round (default: 50)")
     parser.add_argument("--inference-calls", type=int, default=3, help="inferences per round (default: 3)")

@@ -2,7 +2,7 @@
 
 Prints images/s and the share of each step spent in data loading, forward, Hungarian matching plus
 loss, and backward plus optimizer step, measured by the real ``poet-train`` loop on synthetic
-people. Run: ``python -m poet.benchmarks.train_throughput [--steps N] [--device cuda] [--amp]``.
+people. Run: ``python benchmarks/scripts/train_throughput.py [--steps N] [--device cuda] [--amp]``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from poet.data.synthetic import generate_dataset
+from poet.synthetic import generate_dataset
 from poet.train.config import TrainConfig
-from poet.train.engine import Trainer
+from poet.train.loop import Trainer
 
 
 def measure(

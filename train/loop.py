@@ -32,17 +32,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from poet.checkpoint import read_checkpoint, save_checkpoint
-from poet.criterion import SetCriterion
-from poet.data.coco import Batch, CocoKeypoints, collate
-from poet.data.transforms import TrainTransform
-from poet.encoder_aux import EncoderKeypointHead, EncoderKeypointLoss
 from poet.errors import DatasetError, PoetError
 from poet.evaluation import coco_split_paths
 from poet.fileio import atomic_path
-from poet.matcher import HungarianMatcher
 from poet.model import POET, load_backbone_weights
 from poet.runner import evaluate_model
 from poet.train.config import TrainConfig
+from poet.train.criterion import SetCriterion
+from poet.train.dataset import Batch, CocoKeypoints, collate
+from poet.train.encoder_aux import EncoderKeypointHead, EncoderKeypointLoss
+from poet.train.matcher import HungarianMatcher
+from poet.train.transforms import TrainTransform
 
 logger = logging.getLogger("poet")
 
@@ -252,7 +252,7 @@ class Trainer:
             num_decoder_layers=self.model.config.dec_layers,
             aux_loss=self.model.config.aux_loss,
         ).to(self.device)
-        # Training-only dense supervision of the encoder tokens (poet/encoder_aux.py), off by default.
+        # Training-only dense supervision of the encoder tokens (train/encoder_aux.py), off by default.
         self.encoder_head: EncoderKeypointHead | None = None
         self.encoder_loss: EncoderKeypointLoss | None = None
         self.trained: nn.Module = self.model

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from poet.console import run_cli
+from poet.console import add_progress, run_cli
 from poet.evaluation import coco_split_paths
 from poet.fileio import atomic_path, write_json
 from poet.skeleton import KEYPOINT_NAMES, SKELETON
@@ -674,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"smallest person as a fraction of the image height (default {MIN_PERSON_HEIGHT})",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress(parser)
     args = parser.parse_args(argv)
     if args.train < 0 or args.val < 0 or args.seed < 0 or args.max_people < 1 or min(args.size) < 32:
         parser.error("counts and seed must be >= 0, --max-people >= 1 and both --size values >= 32")
@@ -686,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_people=args.max_people,
         min_height=args.min_height,
         seed=args.seed,
-        progress=not args.quiet,
+        progress=not args.no_progress,
     ):
         print(path)
     return 0

@@ -4,7 +4,7 @@ This machine's speed drifts 2-3x over minutes, so the variants are timed round-r
 each per round, many rounds) and compared as ratios of medians to ONNX FP32. Target: INT8 for CPU at
 most 0.5x ONNX FP32. Give the ONNX files made by ``poet-export`` (same checkpoint, same input size).
 
-    python -m poet.benchmarks.optimize_latency --checkpoint /tmp/authors.pth --input-size 512 512 \\
+    python benchmarks/scripts/optimize_latency.py --checkpoint /tmp/authors.pth --input-size 512 512 \\
         --onnx fp32=r50.onnx --onnx int8-cpu=r50.int8-cpu.onnx --onnx int8-tensorrt=r50.int8-tensorrt.onnx
 """
 

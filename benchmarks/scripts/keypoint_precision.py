@@ -6,7 +6,7 @@ centre and height (what a model that finds people but not their pose would score
 ``--checkpoint`` it also prints that model's median error per keypoint as a fraction of the person's
 height, for the query nearest each person (matching as the loss does, by keypoint distance).
 
-    python -m poet.benchmarks.keypoint_precision runs/quickstart/data/annotations/person_keypoints_val2017.json \\
+    python benchmarks/scripts/keypoint_precision.py runs/quickstart/data/annotations/person_keypoints_val2017.json \\
         --checkpoint runs/quickstart/train/checkpoint.pth --images runs/quickstart/data/val2017
 """
 

@@ -1,1 +1,0 @@
-"""Datasets for POET: COCO-format loading and the synthetic-people generator."""
