@@ -85,10 +85,10 @@ def help_checks(extras: list[str]) -> list[Check]:
 LACKING_RUNS = {
     "poet": ["quickstart", "--output", "quick"],
     "poet-eval": ["tiny.pth", "--data", str(COCO)],
-    "poet-predict": [str(PHOTO), "--model", "tiny.pth"],
+    "poet-predict": [str(PHOTO), "--checkpoint", "tiny.pth"],
     "poet-train": ["--config", "synthetic-small", "--data", "synth"],
     "poet-export": ["tiny.pth", "-o", "tiny.onnx"],
-    "poet-bench": ["--model", "tiny.pth", "--data", str(COCO)],
+    "poet-bench": ["--checkpoint", "tiny.pth", "--data", str(COCO)],
 }
 
 
@@ -117,10 +117,11 @@ def lines(fixtures: Path) -> list[Line]:
     onnx, checkpoint = str(fixtures / "tiny.onnx"), str(fixtures / "tiny.pth")
     calibration = ["--calib-images", str(COCO / "train2017"), "--calib-count", "4"]
     quickstart = ["poet", "quickstart", "--output", "quick", "--train-images", "16", "--val-images", "4"]
-    bench_run = ["poet-bench", "--model", checkpoint, "--data", str(COCO), "--variants", "torch,onnx-fp32,trt-fp16"]
+    bench_run = ["poet-bench", "--checkpoint", checkpoint, "--data", str(COCO), "--variants", "torch", "onnx-fp32"]
+    bench_run += ["trt-fp16"]
     run_photo = ["poet-run", str(PHOTO), "--model", onnx]
-    train = ["poet-train", "--config", "synthetic-small", "--data", "synth", "--output-dir", "run", "--eval-every", "0"]
-    train += ["--num-workers", "0", "--no-progress", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "4"]
+    train = ["poet-train", "--config", "synthetic-small", "--data", "synth", "--output", "run", "--eval-every", "0"]
+    train += ["--num-workers", "0", "--no-progress", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch", "4"]
     train += ["--input-size", "64", "64"]
     # Tests run against the installed wheel, not the checkout (pytest is started outside it).
     wheel_tests = ("test_torch_free.py", "test_runtime.py", "test_packaging.py")
@@ -154,7 +155,7 @@ def lines(fixtures: Path) -> list[Line]:
                     expect_text="1 frames from",
                     files=["poses.jsonl", "drawn/000000397133.jpg"],
                 ),
-                Check(["poet-synth", "synth", "--train", "4", "--val", "2", "--size", "64", "64", "--quiet"]),
+                Check(["poet-synth", "synth", "--train", "4", "--val", "2", "--size", "64", "64", "--no-progress"]),
                 Check(["python", "-c", missing_name], expect_text="pip install 'poet-edge[model]'"),
             ],
         ),
@@ -163,14 +164,16 @@ def lines(fixtures: Path) -> list[Line]:
             ["model"],
             [
                 Check(["poet-eval", checkpoint, "--data", str(COCO), "--limit", "2"], expect_text="AP"),
-                Check(["poet-predict", str(PHOTO), "--model", checkpoint, "-o", "poses"], files=["poses/poses.json"]),
+                Check(
+                    ["poet-predict", str(PHOTO), "--checkpoint", checkpoint, "-o", "poses"], files=["poses/poses.json"]
+                ),
             ],
         ),
         Line(
             "[train]",
             ["train"],
             [
-                Check(["poet-synth", "synth", "--train", "8", "--val", "2", "--size", "64", "64", "--quiet"]),
+                Check(["poet-synth", "synth", "--train", "8", "--val", "2", "--size", "64", "64", "--no-progress"]),
                 Check(train, files=["run/checkpoint.pth"]),
             ],
         ),

@@ -19,28 +19,35 @@ import hashlib
 import importlib.util
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from poet.cli import coco_paths
-from poet.console import run_cli
+from poet.console import (
+    DEFAULT_CALIBRATION_COUNT,
+    add_batch,
+    add_calibration,
+    add_input_size,
+    add_output,
+    add_progress,
+    input_size,
+    positive_int,
+    run_cli,
+)
 from poet.errors import CheckpointError, DatasetError, PoetError
-from poet.evaluation import coco_results, evaluate_keypoints, load_coco_keypoints
-from poet.fileio import write_json
+from poet.evaluation import coco_results, evaluate_keypoints, listed_images, load_coco_keypoints, resolve_coco_paths
+from poet.fileio import sha256_file, write_json
 from poet.images import read_image
-from poet.processing import Letterbox, Pose, decode_poses, preprocess
+from poet.optimize.variants import VARIANT_NAMES, Variant, find_variant, variant
+from poet.optimize.variants import table as variants_table
+from poet.pipeline import STAGES, PosePipeline, StageTimes, timed_predict
+from poet.processing import Pose
 
-TORCH_VARIANTS = ("torch", "torch-fp16")
-ONNX_VARIANTS = ("onnx-fp32", "onnx-fp16", "onnx-int8")
-TRT_VARIANTS = ("trt-fp16", "trt-int8")
-VARIANTS = (*TORCH_VARIANTS, *ONNX_VARIANTS, *TRT_VARIANTS)
-STAGES = ("preprocess", "inference", "postprocess", "total")
+REPORT_STAGES = (*STAGES, "total")
 PERCENTILES = (50, 90, 99)
 STAMP_FILE = "bench-build.json"
 
@@ -55,23 +62,11 @@ class VariantUnavailable(Exception):
     """A variant this machine cannot build or run; its message is the reason shown in the report."""
 
 
-class Runner(Protocol):
-    """One variant split into the stages that are timed apart."""
-
-    def prepare(self, images: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]: ...
-
-    def infer(self, inputs: Any) -> Any: ...
-
-    def decode(self, outputs: Any, letterboxes: Sequence[Letterbox]) -> list[list[Pose]]: ...
-
-    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[list[Pose]]: ...
-
-
 @dataclass
 class BenchSettings:
     """What ``poet-bench`` measures; :func:`run_benchmark` takes it so other tools (the quickstart) can call it."""
 
-    model: Path
+    checkpoint: Path
     annotations: Path
     images: Path
     output: Path
@@ -83,7 +78,9 @@ class BenchSettings:
     limit: int | None = 50
     input_size: tuple[int, int] | None = None
     calib_images: Path | None = None
-    num_calib: int = 64
+    calib_annotations: Path | None = None
+    calib_count: int = DEFAULT_CALIBRATION_COUNT
+    calib_method: str = "entropy"
     compare: Path | None = None
     max_slowdown: float = 0.10
     max_ap_drop: float = 0.01
@@ -150,16 +147,15 @@ class VariantBuilder:
     """
 
     def __init__(self, settings: BenchSettings) -> None:
-        from poet.optimize.export import sha256_file
-
         self.settings = settings
         self.work_dir = settings.work_dir
+        self.fp32 = self.work_dir / "model.onnx"
         self.stamp_path = self.work_dir / STAMP_FILE
         self.stamps: dict[str, str] = {}
         if self.stamp_path.is_file():
             with contextlib.suppress(json.JSONDecodeError):
                 self.stamps = json.loads(self.stamp_path.read_text())
-        self.checkpoint_key = sha256_file(settings.model)
+        self.checkpoint_key = sha256_file(settings.checkpoint)
         self.max_batch = max(settings.batches)
 
     def _key(self, *parts: object) -> str:
@@ -173,55 +169,68 @@ class VariantBuilder:
         write_json(self.stamp_path, self.stamps, indent=1)
         return path
 
-    def onnx(self, precision: str, target: str | None = None) -> Path:
-        """The uint8-input ONNX of ``precision`` with a dynamic batch up to the largest benchmarked batch."""
+    def build(self, row: Variant) -> Path:
+        """Build (or reuse) the file of one variant; raises :class:`VariantUnavailable` with the reason."""
+        if row.backend == "torch":
+            if row.precision == "fp16":
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise VariantUnavailable("PyTorch FP16 runs only on CUDA and no GPU is available")
+            return self.settings.checkpoint
+        if row.backend == "tensorrt":
+            return self.engine(row)
+        return self.onnx(row)
+
+    def onnx(self, row: Variant) -> Path:
+        """The uint8-input ONNX of ``row`` with a dynamic batch up to the largest benchmarked batch."""
         from poet.optimize.export import export_onnx
         from poet.optimize.precision import CalibrationSet, make_variant
 
-        size = self.settings.input_size
-        fp32_key = self._key("onnx-fp32", size, self.max_batch)
-        fp32 = self._reuse_or_build(
-            self.work_dir / "model.fp32.onnx",
+        settings = self.settings
+        fp32_key = self._key("onnx-fp32", settings.input_size, self.max_batch)
+        self._reuse_or_build(
+            self.fp32,
             fp32_key,
             lambda: export_onnx(
-                self.settings.model,
-                self.work_dir / "model.fp32.onnx",
-                input_size=size,
+                settings.checkpoint,
+                self.fp32,
+                input_size=settings.input_size,
                 batch=None,
                 max_batch=self.max_batch,
                 uint8_input=True,
-                progress=self.settings.progress,
+                progress=settings.progress,
             ),
         )
-        if precision == "fp32":
-            return fp32
+        if row.precision == "fp32":
+            return self.fp32
         calibration = None
-        if precision == "int8":
-            if self.settings.calib_images is None:
+        if row.precision == "int8":
+            if settings.calib_images is None:
                 raise VariantUnavailable("INT8 needs calibration images: give --calib-images DIR")
-            calibration = CalibrationSet(self.settings.calib_images)
-        name = f"model.{precision}" + (f"-{target}" if target else "") + ".onnx"
-        path = self.work_dir / name
-        calib = str(self.settings.calib_images) if calibration else None
-        key = self._key(name, fp32_key, calib, self.settings.num_calib)
-        if precision == "fp16" and importlib.util.find_spec("modelopt") is None:
+            calibration = CalibrationSet(settings.calib_images, settings.calib_annotations)
+        if row.precision == "fp16" and importlib.util.find_spec("modelopt") is None:
             raise VariantUnavailable('FP16 ONNX needs ModelOpt: pip install "poet-edge[optimize]"')
+        path = row.path(self.fp32)
+        calib = [settings.calib_images, settings.calib_annotations, settings.calib_count, settings.calib_method]
+        key = self._key(path.name, fp32_key, *(calib if calibration else []))
         return self._reuse_or_build(
             path,
             key,
             lambda: make_variant(
-                fp32,
+                self.fp32,
                 path,
-                precision,
-                target=target or "tensorrt",
+                row.precision,
+                target=row.int8_target or "tensorrt",
                 calibration=calibration,
-                num_calib=self.settings.num_calib,
-                progress=self.settings.progress,
+                num_calib=settings.calib_count,
+                calib_method=settings.calib_method,
+                progress=settings.progress,
             ),
         )
 
-    def engine(self, precision: str) -> Path:
-        """A TensorRT engine from the ``precision`` ONNX (INT8 in TensorRT's Q/DQ layout)."""
+    def engine(self, row: Variant) -> Path:
+        """A TensorRT engine from the ONNX of the same precision (INT8 in TensorRT's Q/DQ layout)."""
         from poet.runtime.compat import TensorRTUnavailable, require_tensorrt
 
         try:
@@ -229,104 +238,33 @@ class VariantBuilder:
         except TensorRTUnavailable:
             raise VariantUnavailable('TensorRT not installed (pip install "poet-edge[tensorrt]")') from None
         from poet.optimize.engine import build_engine
-        from poet.optimize.export import sha256_file
 
-        onnx_path = self.onnx(precision, "tensorrt" if precision == "int8" else None)
-        path = onnx_path.with_suffix(".engine")
+        onnx_path = self.onnx(find_variant("onnxruntime", row.precision, row.int8_target))
+        path = row.path(self.fp32)
         key = self._key(path.name, sha256_file(onnx_path))
         return self._reuse_or_build(
             path, key, lambda: build_engine(onnx_path, path, max_batch=self.max_batch, progress=self.settings.progress)
         )
 
 
-# ---------------------------------------------------------------- runners
-
-
-class TorchRunner:
-    """PyTorch eager, FP32 or FP16 autocast on CUDA: the shared letterbox, the model, the shared decoding."""
-
-    def __init__(self, settings: BenchSettings, fp16: bool) -> None:
+def load_pipeline(row: Variant, path: Path, settings: BenchSettings) -> PosePipeline:
+    """The variant's pose pipeline, deciding every query (threshold 0), as COCO evaluation wants."""
+    if row.backend == "torch":
         import torch
 
         from poet.checkpoint import load_model
         from poet.predictor import Predictor
 
-        if fp16 and not torch.cuda.is_available():
-            raise VariantUnavailable("PyTorch FP16 runs only on CUDA and no GPU is available")
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_model(settings.model, self.device, settings.input_size)
-        self.fp16 = fp16
-        self.predictor = Predictor(self.model, self.device, score_threshold=0.0)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(path, device, settings.input_size)
+        return Predictor(
+            model, device, score_threshold=0.0, batch_size=max(settings.batches), fp16=row.precision == "fp16"
+        )
+    from poet.runtime import PoseEstimator
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        import torch
-
-        return torch.autocast("cuda", dtype=torch.float16) if self.fp16 else contextlib.nullcontext()
-
-    def prepare(self, images: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]:
-        import torch
-
-        batch, mask, letterboxes = preprocess(images, self.model.preprocess)
-        return (torch.from_numpy(batch).to(self.device), torch.from_numpy(mask).to(self.device)), letterboxes
-
-    def infer(self, inputs: Any) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        with torch.inference_mode(), self._autocast():
-            outputs = self.model(*inputs)
-        # Copying to the host waits for the GPU, so the time includes the whole forward pass.
-        return outputs["pred_logits"].float().cpu().numpy(), outputs["pred_kpts"].float().cpu().numpy()
-
-    def decode(self, outputs: tuple[np.ndarray, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[list[Pose]]:
-        logits, kpts = outputs
-        return [decode_poses(logits[i], kpts[i], box.original_size, 0.0) for i, box in enumerate(letterboxes)]
-
-    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[list[Pose]]:
-        with self._autocast():
-            return self.predictor.predict_arrays(images)
-
-
-class EstimatorRunner:
-    """An ONNX model or TensorRT engine through the torch-free runtime, :class:`poet.runtime.PoseEstimator`."""
-
-    def __init__(self, path: Path, cuda_graph: bool = False) -> None:
-        from poet.runtime import PoseEstimator
-
-        # Threshold 0: every query labelled person is decoded and scored, as COCO evaluation wants. ORT's idle
-        # threads must not spin: they would steal the cores from the variant timed next in turn (PyTorch ran
-        # 10x slower beside spinning ORT threads on a 2-core machine).
-        self.estimator = PoseEstimator(path, score_threshold=0.0, spinning=False, cuda_graph=cuda_graph)
-
-    def prepare(self, images: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]:
-        return self.estimator.prepare(images)
-
-    def infer(self, inputs: Any) -> dict[str, np.ndarray]:
-        return self.estimator.backend.infer(*inputs)
-
-    def decode(self, outputs: dict[str, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[list[Pose]]:
-        return self.estimator.decode(outputs, letterboxes)
-
-    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[list[Pose]]:
-        return self.estimator.predict_arrays(images)
-
-
-def build_variant(name: str, builder: VariantBuilder) -> Path:
-    """Build (or reuse) one variant's model file; raises :class:`VariantUnavailable` with the reason."""
-    if name in TORCH_VARIANTS:
-        return builder.settings.model
-    precision = name.split("-", 1)[1]
-    if name in TRT_VARIANTS:
-        return builder.engine(precision)
-    import onnxruntime as ort
-
-    gpu = "CUDAExecutionProvider" in ort.get_available_providers()
-    return builder.onnx(precision, ("tensorrt" if gpu else "cpu") if precision == "int8" else None)
-
-
-def load_runner(name: str, path: Path, settings: BenchSettings) -> Runner:
-    if name in TORCH_VARIANTS:
-        return TorchRunner(settings, fp16=name == "torch-fp16")
-    return EstimatorRunner(path, settings.cuda_graph)
+    # ORT's idle threads must not spin: they would steal the cores from the variant timed next in turn (PyTorch
+    # ran 10x slower beside spinning ORT threads on a 2-core machine).
+    return PoseEstimator(path, score_threshold=0.0, spinning=False, cuda_graph=settings.cuda_graph)
 
 
 # ---------------------------------------------------------------- measuring
@@ -335,17 +273,6 @@ def load_runner(name: str, path: Path, settings: BenchSettings) -> Runner:
 def batch_of(images: Sequence[np.ndarray], index: int, size: int) -> list[np.ndarray]:
     """The ``index``-th batch of ``size`` images, cycling through the set so every image is used."""
     return [images[(index * size + offset) % len(images)] for offset in range(size)]
-
-
-def time_stages(runner: Runner, images: Sequence[np.ndarray]) -> tuple[float, float, float]:
-    """Seconds of pre-process, inference and post-process for one batch."""
-    start = time.perf_counter()
-    inputs, letterboxes = runner.prepare(images)
-    prepared = time.perf_counter()
-    outputs = runner.infer(inputs)
-    inferred = time.perf_counter()
-    runner.decode(outputs, letterboxes)
-    return prepared - start, inferred - prepared, time.perf_counter() - inferred
 
 
 def summarise(samples: Sequence[float]) -> dict[str, float]:
@@ -357,26 +284,26 @@ def summarise(samples: Sequence[float]) -> dict[str, float]:
 
 
 def measure(
-    runners: dict[str, Runner], images: Sequence[np.ndarray], batches: Sequence[int], iters: int, progress: bool
-) -> dict[tuple[str, int], list[tuple[float, float, float]]]:
+    pipelines: dict[str, PosePipeline], images: Sequence[np.ndarray], batches: Sequence[int], iters: int, progress: bool
+) -> dict[tuple[str, int], list[StageTimes]]:
     """Stage times of every variant and batch size, one batch of each in turn per round."""
-    combos = [(name, batch) for name in runners for batch in batches]
-    samples: dict[tuple[str, int], list[tuple[float, float, float]]] = {combo: [] for combo in combos}
+    combos = [(name, batch) for name in pipelines for batch in batches]
+    samples: dict[tuple[str, int], list[StageTimes]] = {combo: [] for combo in combos}
     with tqdm(total=iters * len(combos), desc="timing (in turns)", unit="batch", disable=not progress) as bar:
         for index in range(iters):
             for name, batch in combos:
-                samples[name, batch].append(time_stages(runners[name], batch_of(images, index, batch)))
+                samples[name, batch].append(timed_predict(pipelines[name], batch_of(images, index, batch))[1])
                 bar.update()
     return samples
 
 
 def evaluate(
-    runner: Runner, coco: Any, image_ids: Sequence[int], images: Sequence[np.ndarray], batch_size: int
+    pipeline: PosePipeline, coco: Any, image_ids: Sequence[int], images: Sequence[np.ndarray], batch_size: int
 ) -> dict[str, float]:
     """OKS AP/AR of the variant's poses on the loaded images (every person query submitted)."""
     poses: list[list[Pose]] = []
     for start in range(0, len(images), batch_size):
-        poses.extend(runner.predict_arrays(images[start : start + batch_size]))
+        poses.extend(pipeline.predict_arrays(images[start : start + batch_size]))
     return evaluate_keypoints(coco, coco_results(zip(image_ids, poses, strict=True)), list(image_ids))
 
 
@@ -385,17 +312,16 @@ def evaluate(
 
 def check_settings(settings: BenchSettings) -> Any:
     """Fail on bad input before any work, so nothing is written; returns the loaded COCO annotations."""
-    unknown = [name for name in settings.variants if name not in VARIANTS]
-    if unknown:
-        raise BenchError(f"unknown variant {', '.join(map(repr, unknown))}; valid variants: {', '.join(VARIANTS)}")
     if not settings.variants:
-        raise BenchError(f"no variants given; valid variants: {', '.join(VARIANTS)}")
+        raise BenchError(f"no variants given; valid variants: {', '.join(VARIANT_NAMES)}")
+    for name in settings.variants:
+        variant(name)
     if not settings.batches or min(settings.batches) < 1:
         raise BenchError(f"batch sizes must be positive integers, got {settings.batches}")
     if settings.iters < 1 or settings.warmup < 0:
         raise BenchError(f"--iters must be at least 1 and --warmup at least 0, got {settings.iters}, {settings.warmup}")
-    if not settings.model.is_file():
-        raise CheckpointError(f"checkpoint {settings.model} not found")
+    if not settings.checkpoint.is_file():
+        raise CheckpointError(f"checkpoint {settings.checkpoint} not found")
     if settings.compare is not None and not settings.compare.is_file():
         raise BenchError(f"--compare report {settings.compare} not found")
     coco = load_coco_keypoints(settings.annotations)
@@ -421,11 +347,7 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
 
     coco = check_settings(settings)
     old = read_report(settings.compare) if settings.compare is not None else None
-    entries = sorted(coco.dataset["images"], key=lambda item: item["id"])[: settings.limit]
-    paths = [settings.images / entry["file_name"] for entry in entries]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise DatasetError(f"{len(missing)} images listed in {settings.annotations} are not in {settings.images}")
+    entries, paths = listed_images(coco, settings.annotations, settings.images, settings.limit)
     images = [read_image(path) for path in paths]
 
     # Imports torch, OpenCV and ONNX Runtime first, so their own memory is not charged to the first variant.
@@ -433,18 +355,19 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     builder = VariantBuilder(settings)
     records = {name: VariantRecord(name) for name in settings.variants}
-    runners: dict[str, Runner] = {}
+    pipelines: dict[str, PosePipeline] = {}
     with tqdm(total=len(records), desc="building variants", unit="variant", disable=not settings.progress) as bar:
         for name, record in records.items():
             try:
-                path = build_variant(name, builder)
+                row = variant(name)
+                path = builder.build(row)
                 # Memory is measured around loading and warm-up only: building (export, calibration) is not deployment.
                 release_free_memory()
                 before, gpu_before = rss_mib(), gpu_used_mib()
-                runner = load_runner(name, path, settings)
+                pipeline = load_pipeline(row, path, settings)
                 for index in range(settings.warmup):
                     for batch in settings.batches:
-                        time_stages(runner, batch_of(images, index, batch))
+                        timed_predict(pipeline, batch_of(images, index, batch))
             except (VariantUnavailable, PoetError) as error:
                 record.status, record.reason = "skipped", str(error)
                 tqdm.write(f"{name}: skipped ({error})")
@@ -452,7 +375,7 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
                 logger.exception("%s: could not be built or run", name)
                 record.status, record.reason = "failed", f"{type(error).__name__}: {error}"
             else:
-                runners[name] = runner
+                pipelines[name] = pipeline
                 record.model_path = str(path)
                 record.memory_mib["rss_added"] = round(rss_mib() - before, 1)
                 gpu_after = gpu_used_mib()
@@ -460,15 +383,15 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
                     record.memory_mib["gpu_added"] = round(gpu_after - gpu_before, 1)
             bar.update()
 
-    samples = measure(runners, images, settings.batches, settings.iters, settings.progress)
+    samples = measure(pipelines, images, settings.batches, settings.iters, settings.progress)
     image_ids = [entry["id"] for entry in entries]
-    for name, runner in tqdm(runners.items(), desc="OKS AP per variant", unit="variant", disable=not settings.progress):
-        stats = evaluate(runner, coco, image_ids, images, max(settings.batches))
+    for name, pipeline in tqdm(
+        pipelines.items(), desc="OKS AP per variant", unit="variant", disable=not settings.progress
+    ):
+        stats = evaluate(pipeline, coco, image_ids, images, max(settings.batches))
         records[name].accuracy = {key: round(value, 4) for key, value in stats.items()}
     for (name, batch), stage_times in samples.items():
-        columns = list(zip(*stage_times, strict=True))
-        totals = [sum(parts) for parts in stage_times]
-        latency = {stage: summarise(values) for stage, values in zip(STAGES, [*columns, totals], strict=True)}
+        latency = {stage: summarise([getattr(times, stage) for times in stage_times]) for stage in REPORT_STAGES}
         records[name].batches.append(
             {
                 "batch": batch,
@@ -479,7 +402,7 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
         )
     report: dict[str, Any] = {
         "schema": 1,
-        "model": str(settings.model),
+        "model": str(settings.checkpoint),
         "input_size": list(settings.input_size) if settings.input_size else None,
         "data": {"annotations": str(settings.annotations), "images": str(settings.images), "count": len(images)},
         "settings": {
@@ -506,41 +429,39 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     return report
 
 
-def parse_list(text: str, kind: type) -> tuple[Any, ...]:
-    try:
-        return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
-    except ValueError:
-        raise BenchError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poet-bench",
         description="Latency per stage (p50/p90/p99), throughput, memory and OKS AP of a POET checkpoint in "
         "every backend and precision; writes bench.json, bench.md and bench.png.",
+        epilog=f"variants:\n{variants_table()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, required=True, help="POET checkpoint (.pth, ours or the authors')")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="POET checkpoint (.pth, ours or the authors')")
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
-        help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all; those that cannot run here are skipped)",
+        nargs="+",
+        default=list(VARIANT_NAMES),
+        metavar="NAME",
+        help=f"from: {', '.join(VARIANT_NAMES)} (default: all; those that cannot run here are skipped)",
     )
     parser.add_argument(
         "--data", type=Path, required=True, help="COCO root (annotations/ and the split folder) or an annotation JSON"
     )
     parser.add_argument("--split", default="val2017", help="split under a COCO root (default: val2017)")
     parser.add_argument("--images", type=Path, help="image folder (needed when --data is an annotation file)")
-    parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
-    parser.add_argument("--iters", type=int, default=20, help="timed batches per variant and batch size (default: 20)")
+    add_batch(parser, several=True)
+    parser.add_argument(
+        "--iters", type=positive_int, default=20, help="timed batches per variant and batch size (default: 20)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches per variant and batch size (default: 3)")
     parser.add_argument("--limit", type=int, default=50, help="images for timing and OKS AP (default: 50, 0 = all)")
-    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="letterbox size (default: model's)")
-    parser.add_argument("--calib-images", type=Path, help="INT8 calibration images (not the evaluation images)")
-    parser.add_argument("--num-calib", type=int, default=64, help="INT8 calibration images used (default: 64)")
+    add_input_size(parser)
+    add_calibration(parser, "INT8 calibration (not the evaluation images)")
     parser.add_argument(
         "--work-dir", type=Path, help="built variants, reused while up to date (default: OUTPUT/variants)"
     )
-    parser.add_argument("--output", type=Path, default=Path("bench"), help="report folder (default: bench/)")
+    add_output(parser, "report folder", default=Path("bench"))
     parser.add_argument("--compare", type=Path, help="an earlier bench.json: mark regressions against it")
     parser.add_argument(
         "--max-slowdown", type=float, default=0.10, help="p50 latency increase flagged (default: 0.10 = 10%%)"
@@ -548,40 +469,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-ap-drop", type=float, default=0.01, help="AP decrease flagged (default: 0.01)")
     parser.add_argument("--fail-on-regression", action="store_true", help="exit with code 1 when --compare flags any")
     parser.add_argument("--cuda-graph", action="store_true", help="TensorRT variants replay CUDA graphs")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress(parser)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    data: Path = args.data
-    if data.is_file():
-        if args.images is None:
-            raise DatasetError(f"--data {data} is an annotation file: give its image folder with --images")
-        annotations, images = data, args.images
-    elif data.is_dir():
-        annotations, images = coco_paths(data, args.split, None, args.images)
-    else:
-        raise DatasetError(f"--data {data} not found (expected a COCO root folder or an annotation JSON)")
-    return BenchSettings(
-        model=args.model,
+    """The settings of the command line; options named as a settings field fill it as they are."""
+    annotations, images = resolve_coco_paths(args.data, args.split, None, args.images)
+    named = {item.name: getattr(args, item.name) for item in fields(BenchSettings) if hasattr(args, item.name)}
+    named.update(
         annotations=annotations,
         images=images,
-        output=args.output,
         work_dir=args.work_dir or args.output / "variants",
-        variants=parse_list(args.variants, str),
-        batches=parse_list(args.batch, int),
-        iters=args.iters,
-        warmup=args.warmup,
+        variants=tuple(args.variants),
+        batches=tuple(args.batch),
         limit=args.limit or None,
-        input_size=tuple(args.input_size) if args.input_size else None,
-        calib_images=args.calib_images,
-        num_calib=args.num_calib,
-        compare=args.compare,
-        max_slowdown=args.max_slowdown,
-        max_ap_drop=args.max_ap_drop,
-        cuda_graph=args.cuda_graph,
+        input_size=input_size(args),
         progress=not args.no_progress,
     )
+    return BenchSettings(**named)
 
 
 @run_cli

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from poet.console import run_cli
+from poet import console
 from poet.errors import PoetError
-from poet.modelinfo import PRECISIONS
+from poet.modelinfo import PRECISIONS, read_onnx_info
 from poet.runtime.compat import TensorRTUnavailable, build_command, require_tensorrt
 
 log = logging.getLogger(__name__)
@@ -26,36 +26,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Build a TensorRT engine (with its JSON sidecar) from a POET checkpoint or poet-edge ONNX.",
     )
     parser.add_argument("model", type=Path, help="POET checkpoint (.pth) or poet-edge ONNX (from poet-export)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="engine file to write, e.g. model.engine")
+    console.add_output(parser, "engine file to write, e.g. model.engine")
     precision = parser.add_mutually_exclusive_group(required=True)
     for name in PRECISIONS:
         precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=f"{name} engine")
-    calibration = parser.add_argument_group("INT8 calibration (when MODEL is not yet an INT8 ONNX)")
-    calibration.add_argument("--calib-images", type=Path, help="folder of calibration images")
-    calibration.add_argument("--calib-annotations", type=Path, help="COCO keypoints JSON selecting the images")
-    calibration.add_argument("--calib-count", type=int, default=512, help="calibration images (default: 512)")
-    calibration.add_argument(
-        "--calib-method", choices=("entropy", "max"), default="entropy", help="calibration method (default: entropy)"
-    )
-    parser.add_argument(
-        "--exclude", nargs="+", default=(), metavar="OP_OR_REGEX", help="op types or node names to keep in float"
-    )
-    batch = parser.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=int, help="fixed batch size (default: 1)")
-    batch.add_argument("--max-batch", type=int, help="dynamic batch from 1 up to this size")
-    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input size of a checkpoint")
+    console.add_precision_options(parser, "INT8 calibration (when MODEL is not yet an INT8 ONNX)")
+    console.add_batch(parser, dynamic=True)
+    console.add_input_size(parser)
     parser.add_argument("--workspace", type=float, metavar="GIB", help="builder workspace limit in GiB")
     parser.add_argument("--timing-cache", type=Path, help="timing cache file, read if present and updated")
     parser.add_argument("--dla-core", type=int, help="Jetson DLA core to run on (GPU fallback for the rest)")
     parser.add_argument("--device", type=int, default=0, help="CUDA device (default: 0)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    console.add_progress(parser)
     return parser.parse_args(argv)
 
 
 def precision_onnx(args: argparse.Namespace) -> Path:
     """The ONNX to build from: MODEL itself when it already has the precision, else a variant beside the engine."""
-    from poet.optimize.engine import read_onnx_info
-
     if args.model.suffix.lower() == ".onnx":
         info = read_onnx_info(args.model)
         if info.precision == args.precision:
@@ -79,7 +66,7 @@ def precision_onnx(args: argparse.Namespace) -> Path:
         num_calib=args.calib_count,
         calib_method=args.calib_method,
         exclude=args.exclude,
-        input_size=tuple(args.input_size) if args.input_size else None,
+        input_size=console.input_size(args),
         batch=None if args.max_batch else (args.batch or 1),
         max_batch=args.max_batch or args.batch or 1,
         progress=not args.no_progress,
@@ -98,7 +85,7 @@ def target_command(onnx: Path, args: argparse.Namespace) -> str:
     return command
 
 
-@run_cli
+@console.run_cli
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     onnx = precision_onnx(args)
@@ -109,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"TensorRT is needed for the engine and is not installed here; {onnx} is ready: on the target device run "
             f"{target_command(onnx, args)}"
         ) from None
-    from poet.optimize.engine import build_engine, read_onnx_info
+    from poet.optimize.engine import build_engine
 
     fixed_batch = read_onnx_info(onnx).batch
     if args.batch is not None and fixed_batch != args.batch:

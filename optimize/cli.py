@@ -6,8 +6,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from poet.console import run_cli
+from poet import console
 from poet.errors import PoetError
+from poet.modelinfo import INT8_TARGETS, PRECISIONS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,14 +20,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("checkpoint", type=Path, help="POET checkpoint (.pth)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="FP32 ONNX to write (e.g. model.onnx)")
-    parser.add_argument(
-        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="letterbox size (default: from the checkpoint)"
-    )
-    batch = parser.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=int, default=1, help="fixed batch size (default: 1)")
-    batch.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension named 'batch'")
-    parser.add_argument("--max-batch", type=int, default=8, help="largest dynamic batch (default: 8)")
+    console.add_output(parser, "FP32 ONNX to write (e.g. model.onnx); variants are written beside it")
+    console.add_input_size(parser)
+    console.add_batch(parser, dynamic=True)
     parser.add_argument(
         "--uint8-input", action="store_true", help="graph takes uint8 BGR [B,H,W,3] letterboxed pixels and normalises"
     )
@@ -34,34 +30,23 @@ def _parser() -> argparse.ArgumentParser:
         "--decode", action="store_true", help="graph outputs person scores and keypoints in input pixels"
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default: 17)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="variant to make")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="variant to make (default: fp32)")
     parser.add_argument(
         "--target",
-        choices=("tensorrt", "cpu"),
+        choices=INT8_TARGETS,
         default="tensorrt",
         help="INT8 layout: symmetric Q/DQ for TensorRT (ModelOpt) or ONNX Runtime's CPU QDQ (default: tensorrt)",
     )
-    parser.add_argument("--calib-images", type=Path, help="folder of calibration images (INT8)")
-    parser.add_argument("--calib-annotations", type=Path, help="COCO annotation file choosing the calibration images")
-    parser.add_argument("--calib-count", type=int, default=512, help="calibration images to use (default: 512)")
-    parser.add_argument(
-        "--calib-method", choices=("entropy", "max", "percentile"), default="entropy", help="(default: entropy)"
-    )
-    parser.add_argument(
-        "--exclude",
-        nargs="+",
-        default=(),
-        metavar="OP",
-        help="keep more in float: op types (Gemm) or node-name regular expressions (/layer4/)",
-    )
+    console.add_precision_options(parser)
     parser.add_argument("--cache-dir", type=Path, help="calibration cache (default: ~/.cache/poet-edge)")
     parser.add_argument("--eval-annotations", type=Path, help="COCO keypoint file to measure the variant's OKS AP on")
     parser.add_argument("--eval-images", type=Path, help="image folder of --eval-annotations")
     parser.add_argument("--eval-limit", type=int, help="evaluate only the first N images")
+    console.add_progress(parser)
     return parser
 
 
-@run_cli
+@console.run_cli
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if (args.eval_annotations is None) != (args.eval_images is None):
@@ -76,16 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from poet.optimize.export import export_onnx
     from poet.optimize.precision import CalibrationSet, make_variant
     from poet.optimize.report import evaluate_onnx, variant_report
+    from poet.optimize.variants import find_variant
 
+    progress = not args.no_progress
     exported = export_onnx(
         args.checkpoint,
         args.output,
-        input_size=tuple(args.input_size) if args.input_size else None,
-        batch=None if args.dynamic_batch else args.batch,
-        max_batch=args.max_batch,
+        input_size=console.input_size(args),
+        batch=None if args.max_batch else (args.batch or 1),
+        max_batch=args.max_batch or args.batch or 1,
         uint8_input=args.uint8_input,
         decode=args.decode,
         opset=args.opset,
+        progress=progress,
     )
     height, width = exported.info.preprocess.input_size
     print(
@@ -95,11 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.precision == "fp32":
         return 0
-    suffix = f"int8-{args.target}" if args.precision == "int8" else args.precision
+    row = find_variant("onnxruntime", args.precision, args.target)
     calibration = CalibrationSet(args.calib_images, args.calib_annotations) if args.calib_images else None
     variant = make_variant(
         exported.path,
-        exported.path.with_suffix(f".{suffix}.onnx"),
+        row.path(exported.path),
         args.precision,
         target=args.target,
         calibration=calibration,
@@ -107,10 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         calib_method=args.calib_method,
         exclude=args.exclude,
         cache_dir=args.cache_dir,
+        progress=progress,
     )
     reference_ap = variant_ap = None
     if args.eval_annotations is not None:
-        evaluate = {"annotations": args.eval_annotations, "images_dir": args.eval_images, "limit": args.eval_limit}
+        evaluate = {
+            "annotations": args.eval_annotations,
+            "images_dir": args.eval_images,
+            "limit": args.eval_limit,
+            "progress": progress,
+        }
         reference_ap = evaluate_onnx(exported.path, **evaluate)["AP"]
         variant_ap = evaluate_onnx(variant.path, **evaluate)["AP"]
     print(variant_report(variant, reference_ap, variant_ap))

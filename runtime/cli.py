@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from poet.console import run_cli
+from poet.console import add_progress, positive_int, run_cli
 from poet.drawing import draw_poses, save_image
 from poet.errors import PoetError
 from poet.fileio import atomic_path
-from poet.processing import Pose
+from poet.pipeline import timed_predict
 from poet.runtime.backends import BACKENDS
 from poet.runtime.estimator import PoseEstimator
 from poet.runtime.sources import DEFAULT_READ_TIMEOUT, FrameSource
@@ -28,6 +28,9 @@ WINDOW = "poet-run"
 # Frame rate of videos saved from sources that have none (image folders).
 DEFAULT_VIDEO_FPS = 10.0
 QUIT_KEYS = (ord("q"), 27)
+# Command-line options passed on by name: to the estimator, and to run() (what to write and when to stop).
+ESTIMATOR_OPTIONS = ("score_threshold", "max_people", "threads", "device", "cuda_graph")
+RUN_OPTIONS = ("show", "save_video", "save_images", "jsonl", "max_frames")
 
 
 @dataclass
@@ -52,15 +55,6 @@ class RunStats:
             f"end; per frame {self.preprocess * per_frame:.2f} ms preprocessing, {self.inference * per_frame:.1f} ms "
             f"inference, {self.postprocess * per_frame:.2f} ms decoding; {self.people} people"
         )
-
-
-def pose_record(pose: Pose) -> dict[str, object]:
-    """A pose as JSON: keypoints as [x, y, score] rows in original-image pixels."""
-    return {
-        "score": round(pose.score, 4),
-        "box": [round(float(v), 1) for v in pose.box],
-        "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 3)] for x, y, s in pose.keypoints],
-    }
 
 
 def draw_fps(image: np.ndarray, fps: float) -> None:
@@ -145,22 +139,18 @@ def run(
         start = last = time.perf_counter()
         try:
             for frame in source:
-                t0 = time.perf_counter()
-                inputs, letterboxes = estimator.prepare([frame.image])
-                t1 = time.perf_counter()
-                outputs = estimator.backend.infer(*inputs)
-                t2 = time.perf_counter()
-                poses = estimator.decode(outputs, letterboxes)[0]
-                t3 = time.perf_counter()
-                stats.preprocess += t1 - t0
-                stats.inference += t2 - t1
-                stats.postprocess += t3 - t2
+                batch_poses, times = timed_predict(estimator, [frame.image])
+                poses = batch_poses[0]
+                now = time.perf_counter()
+                stats.preprocess += times.preprocess
+                stats.inference += times.inference
+                stats.postprocess += times.postprocess
                 stats.frames += 1
                 stats.people += len(poses)
                 if records is not None:
-                    record = {"frame": frame.index, "name": frame.name, "poses": [pose_record(p) for p in poses]}
+                    record = {"frame": frame.index, "name": frame.name, "poses": [p.to_dict() for p in poses]}
                     records.write(json.dumps(record) + "\n")
-                interval, last = t3 - last, t3
+                interval, last = now - last, now
                 fps = 1.0 / interval if fps == 0.0 else 0.9 * fps + 0.1 / max(interval, 1e-6)
                 if draw:
                     canvas = draw_poses(frame.image, poses)
@@ -199,8 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--score-threshold", type=float, metavar="S", default=0.5, help="minimum person score (default: 0.5)"
     )
-    parser.add_argument("--max-people", type=int, metavar="N", help="keep at most this many people per frame")
-    parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime CPU threads (default: all cores)")
+    parser.add_argument("--max-people", type=positive_int, metavar="N", help="keep at most this many people per frame")
+    parser.add_argument(
+        "--threads", type=positive_int, metavar="N", help="ONNX Runtime CPU threads (default: all cores)"
+    )
     parser.add_argument(
         "--device", type=int, metavar="N", default=0, help="CUDA device of a TensorRT engine (default: 0)"
     )
@@ -209,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--save-video", type=Path, metavar="FILE", help="write annotated frames as .mp4 or .avi")
     parser.add_argument("--save-images", type=Path, metavar="DIR", help="write annotated frames as JPEG files")
     parser.add_argument("--jsonl", type=Path, metavar="FILE", help="write one JSON line of poses per frame")
-    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after this many frames")
+    parser.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after this many frames")
     parser.add_argument(
         "--read-timeout",
         type=float,
@@ -217,29 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_READ_TIMEOUT,
         help=f"seconds without a frame before a camera or stream counts as stopped (default: {DEFAULT_READ_TIMEOUT:g})",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(parser)
     args = parser.parse_args(argv)
 
-    estimator = PoseEstimator(
-        args.model,
-        args.backend,
-        score_threshold=args.score_threshold,
-        max_people=args.max_people,
-        threads=args.threads,
-        device=args.device,
-        cuda_graph=args.cuda_graph,
-    )
+    options = vars(args)
+    estimator = PoseEstimator(args.model, args.backend, **{name: options[name] for name in ESTIMATOR_OPTIONS})
     source = FrameSource(args.source, read_timeout=args.read_timeout)
-    stats = run(
-        estimator,
-        source,
-        show=args.show,
-        save_video=args.save_video,
-        save_images=args.save_images,
-        jsonl=args.jsonl,
-        max_frames=args.max_frames,
-        progress=not args.no_progress,
-    )
+    stats = run(estimator, source, progress=not args.no_progress, **{name: options[name] for name in RUN_OPTIONS})
     print(stats.summary(args.source))
     if stats.interrupted:
         print("interrupted: outputs hold the frames processed so far")

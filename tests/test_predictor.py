@@ -133,7 +133,9 @@ def test_poet_eval_reports_bad_input_in_one_line(tiny_checkpoint, coco, tmp_path
 
 
 def test_poet_predict_writes_images_and_json(tiny_checkpoint, photos, tmp_path, capsys):
-    code = predict_main([str(photos[0]), str(photos[1]), "--model", str(tiny_checkpoint), "-o", str(tmp_path / "out")])
+    code = predict_main(
+        [str(photos[0]), str(photos[1]), "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "out")]
+    )
     assert code == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == sorted([f"{photos[0].stem}_poses.png", f"{photos[1].stem}_poses.png", "poses.json"])

@@ -6,10 +6,10 @@ import json
 
 import cv2
 import pytest
+from readme_results import BEGIN, END, results_section
+from readme_results import main as readme_results
 
-from poet.benchmarks.readme_results import BEGIN, END, results_section
-from poet.benchmarks.readme_results import main as readme_results
-from poet.cli import main
+from poet.benchmarks.quickstart import main
 from poet.errors import PoetError
 
 
@@ -24,7 +24,7 @@ def test_quickstart_writes_report_checkpoint_and_drawings(tmp_path, capsys):
     assert len(drawings) == 3
     assert all(min(cv2.imread(str(path)).shape[:2]) >= 384 for path in drawings), "small inputs drawn enlarged"
     assert "## Every backend and precision" in report and (output / "bench" / "bench.png").is_file()
-    for variant in ("| torch |", "| onnx-fp32 |", "| onnx-fp16 |", "| onnx-int8 |"):
+    for variant in ("| torch |", "| onnx-fp32 |", "| onnx-fp16 |", "| onnx-int8-cpu |"):
         assert variant in report
     assert "trt-int8" in report  # listed as skipped where TensorRT is missing, never dropped
     assert "report written to" in capsys.readouterr().out
@@ -39,7 +39,7 @@ def check_readme_results(run, tmp_path):
     readme_results([str(run), "--readme", str(readme), "--where", "a test"])
     text = readme.read_text()
     assert "old figures" not in text and text.startswith("# title") and text.endswith(f"{END}\n\n## Next\n")
-    assert f"AP {summary['accuracy']['AP']:.3f}" in text and "| onnx-int8 | 1 |" in text and "a test" in text
+    assert f"AP {summary['accuracy']['AP']:.3f}" in text and "| onnx-int8-cpu | 1 |" in text and "a test" in text
     recipe = summary["recipe"]
     assert f"- Model: {recipe['backbone']} at width {recipe['backbone_width']} + " in text
     assert f"with {recipe['num_queries']} queries" in text

@@ -75,9 +75,9 @@ def test_a_name_whose_extra_is_missing_raises_one_line_naming_the_extra(name, ex
     [
         ("poet-train", ["--epochs", "1"], "train"),
         ("poet-eval", ["model.pth", "--data", "coco"], "model"),
-        ("poet-predict", ["photo.jpg", "--model", "model.pth"], "model"),
+        ("poet-predict", ["photo.jpg", "--checkpoint", "model.pth"], "model"),
         ("poet-export", ["model.pth", "-o", "model.onnx"], "optimize"),
-        ("poet-bench", ["--model", "model.pth", "--data", "coco"], "bench"),
+        ("poet-bench", ["--checkpoint", "model.pth", "--data", "coco"], "bench"),
         ("poet", ["quickstart"], "train,bench"),
     ],
 )
