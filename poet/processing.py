@@ -176,6 +176,14 @@ class Pose:
     score: float
     box: np.ndarray = field(default_factory=lambda: np.zeros(4))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The pose as JSON: score, box (x0, y0, x1, y1) and keypoints as [x, y, score] rows in original pixels."""
+        return {
+            "score": round(float(self.score), 4),
+            "box": [round(float(v), 1) for v in self.box],
+            "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 3)] for x, y, s in self.keypoints],
+        }
+
     def to_coco(self, image_id: int) -> dict[str, Any]:
         """A COCO keypoint result entry (category 1, person)."""
         return {
@@ -269,7 +277,7 @@ def decode_poses(
     ]
 
 
-def decoded_poses(
+def poses_from_decoded(
     scores: np.ndarray,
     keypoints: np.ndarray,
     letterbox: Letterbox,

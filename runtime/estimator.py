@@ -1,4 +1,7 @@
-"""Poses from an exported POET: the model's own preprocessing, any backend, the shared decoding."""
+"""Poses from an exported POET: the model's own preprocessing, any backend, the shared decoding.
+
+:class:`PoseEstimator` has the stages of :class:`poet.pipeline.PosePipeline`, as the torch ``Predictor`` does.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import numpy as np
 
 from poet.images import ImageInput, load_images
 from poet.modelinfo import UINT8_NHWC, ModelInfo
-from poet.processing import Letterbox, Pose, decode_poses, decoded_poses, letterbox_batch, preprocess
+from poet.processing import Letterbox, Pose, decode_poses, letterbox_batch, poses_from_decoded, preprocess
 from poet.runtime.backends import Backend, Provider, load_backend
 
 
@@ -76,7 +79,7 @@ class PoseEstimator:
         for start in range(0, len(images), self.backend.max_batch):
             chunk = images[start : start + self.backend.max_batch]
             inputs, letterboxes = self.prepare(chunk)
-            poses.extend(self.decode(self.backend.infer(*inputs), letterboxes))
+            poses.extend(self.decode(self.infer(inputs), letterboxes))
         return poses
 
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, np.ndarray], list[Letterbox]]:
@@ -103,6 +106,10 @@ class PoseEstimator:
             mask = np.concatenate([mask, np.zeros((size - count, *mask.shape[1:]), bool)])
         return (batch, mask), letterboxes
 
+    def infer(self, inputs: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+        """The backend on prepared ``(images, mask)`` inputs -> its outputs by name, on the host."""
+        return self.backend.infer(*inputs)
+
     def _buffer(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The reusable uint8 input batch and mask for ``size`` images, allocated on first use."""
         if size not in self._buffers:
@@ -115,7 +122,7 @@ class PoseEstimator:
         if self.info.decoded:
             scores, keypoints = (outputs[name] for name in self.info.output_names)
             return [
-                decoded_poses(scores[i], keypoints[i], box, self.score_threshold, self.max_people)
+                poses_from_decoded(scores[i], keypoints[i], box, self.score_threshold, self.max_people)
                 for i, box in enumerate(letterboxes)
             ]
         logits, kpts = (outputs[name] for name in self.info.output_names)

@@ -17,7 +17,7 @@ from poet.errors import ImageError, ModelError
 from poet.images import read_image
 from poet.modelinfo import METADATA_KEY
 from poet.predictor import Predictor
-from poet.processing import Letterbox, PreprocessConfig, decoded_poses, letterbox_batch, normalize, preprocess
+from poet.processing import Letterbox, PreprocessConfig, letterbox_batch, normalize, poses_from_decoded, preprocess
 from poet.runtime import PoseEstimator
 from poet.runtime.backends import auto_providers
 
@@ -81,13 +81,13 @@ def test_decoded_poses_undo_the_letterbox_and_select_like_decode_poses():
     keypoints = np.zeros((4, 17, 3), dtype=np.float32)
     keypoints[..., 0], keypoints[..., 1], keypoints[..., 2] = 64.0, 32.0, 0.8
     letterbox = Letterbox(original_size=(240, 640), resized_size=(48, 128))
-    poses = decoded_poses(scores, keypoints, letterbox, score_threshold=0.3)
+    poses = poses_from_decoded(scores, keypoints, letterbox, score_threshold=0.3)
     assert [round(p.score, 2) for p in poses] == [0.9, 0.7, 0.4]
     np.testing.assert_allclose(poses[0].keypoints, np.tile([320.0, 160.0, 0.8], (17, 1)), rtol=1e-6)
     np.testing.assert_allclose(poses[0].box, [320.0, 160.0, 320.0, 160.0], rtol=1e-6)
     # Queries not labelled person carry score 0 and are never poses, whatever the threshold.
-    assert len(decoded_poses(scores, keypoints, letterbox)) == 3
-    assert len(decoded_poses(scores, keypoints, letterbox, score_threshold=0.5, max_people=1)) == 1
+    assert len(poses_from_decoded(scores, keypoints, letterbox)) == 3
+    assert len(poses_from_decoded(scores, keypoints, letterbox, score_threshold=0.5, max_people=1)) == 1
 
 
 @pytest.mark.parametrize("layout", ["uint8", "float"])
