@@ -1,0 +1,47 @@
+"""The one variant table: names and file names unique, consistent with the runtime's suffix table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from poet.errors import PoetError
+from poet.modelinfo import INT8_TARGETS, PRECISIONS
+from poet.optimize.variants import VARIANT_NAMES, VARIANTS, find_variant, variant
+from poet.runtime.backends import BACKEND_BY_SUFFIX
+
+
+def test_names_and_files_are_unique_and_each_row_is_a_real_precision():
+    assert len(set(VARIANT_NAMES)) == len(VARIANTS)
+    deployed = [row for row in VARIANTS if row.backend != "torch"]
+    assert len({row.suffix for row in deployed}) == len(deployed)
+    for row in VARIANTS:
+        assert row.precision in PRECISIONS
+        assert (row.int8_target in INT8_TARGETS) == (row.precision == "int8")
+
+
+def test_every_deployed_file_opens_with_the_backend_its_row_names():
+    for row in VARIANTS:
+        if row.backend == "torch":
+            continue
+        path = row.path(Path("out/model.onnx"))
+        assert path.parent == Path("out") and path.name.startswith("model.")
+        assert BACKEND_BY_SUFFIX[path.suffix] == row.backend, row.name
+
+
+def test_rows_are_found_by_backend_and_precision():
+    assert find_variant("onnxruntime", "int8", "cpu").path(Path("m.onnx")) == Path("m.int8-cpu.onnx")
+    assert find_variant("onnxruntime", "fp16").path(Path("m.onnx")) == Path("m.fp16.onnx")
+    assert find_variant("tensorrt", "int8", "tensorrt").name == "trt-int8"
+    assert find_variant("onnxruntime", "fp32", "cpu").int8_target is None  # a target only matters for INT8
+    with pytest.raises(PoetError, match="INT8 variant needs a target"):
+        find_variant("onnxruntime", "int8")
+    with pytest.raises(PoetError, match="no tensorrt variant in int8 for cpu"):
+        find_variant("tensorrt", "int8", "cpu")
+
+
+def test_an_unknown_name_lists_the_valid_ones():
+    assert variant("onnx-fp16").suffix == ".fp16.onnx" and variant("trt-int8").backend == "tensorrt"
+    with pytest.raises(PoetError, match="unknown variant 'onnx-int4'; valid variants: torch, torch-fp16"):
+        variant("onnx-int4")
