@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -201,50 +202,47 @@ def _int8_tensorrt(source: Path, output: Path, reader: CalibrationReader, method
     )
 
 
-def quantize_int8(
-    target: str,
-    source: Path,
-    output: Path,
-    paths: Sequence[Path],
-    info: ModelInfo,
-    method: str,
-    exclude: Sequence[str],
-    progress: bool,
-) -> None:
-    """Calibrate ``source`` on ``paths`` and write the INT8 model for ``target`` to ``output``, in this process."""
-    reader = CalibrationReader(paths, info, progress)
-    quantizer = _int8_cpu if target == "cpu" else _int8_tensorrt
-    quantizer(source, output, reader, method, exclude)
+@dataclass(frozen=True)
+class QuantizeJob:
+    """One INT8 quantization: ``source`` calibrated on ``paths`` into ``output`` in ``target``'s Q/DQ layout."""
+
+    target: str
+    source: Path
+    output: Path
+    paths: tuple[Path, ...]
+    info: ModelInfo
+    method: str
+    exclude: tuple[str, ...]
+    progress: bool
+
+    def to_json(self) -> str:
+        fields = {**vars(self), "source": str(self.source), "output": str(self.output)}
+        fields.update(paths=[str(p) for p in self.paths], info=self.info.to_dict(), exclude=list(self.exclude))
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantizeJob:
+        data = json.loads(text)
+        data.update(source=Path(data["source"]), output=Path(data["output"]), info=ModelInfo.from_dict(data["info"]))
+        return cls(**{**data, "paths": tuple(Path(p) for p in data["paths"]), "exclude": tuple(data["exclude"])})
 
 
-def quantize_int8_isolated(
-    target: str,
-    source: Path,
-    output: Path,
-    paths: Sequence[Path],
-    info: ModelInfo,
-    method: str,
-    exclude: Sequence[str],
-    progress: bool,
-) -> int:
+def quantize_int8(job: QuantizeJob) -> None:
+    """Run ``job`` in this process."""
+    reader = CalibrationReader(job.paths, job.info, job.progress)
+    quantizer = _int8_cpu if job.target == "cpu" else _int8_tensorrt
+    quantizer(job.source, job.output, reader, job.method, job.exclude)
+
+
+def quantize_int8_isolated(job: QuantizeJob) -> int:
     """:func:`quantize_int8` in a fresh Python process; returns its exit code.
 
     ModelOpt patches ONNX Runtime's quantization modules for the whole process, so each quantization
     gets its own; calibration memory is returned when it ends, and unlike multiprocessing this never
     re-runs the caller's script.
     """
-    job = {
-        "target": target,
-        "source": str(source),
-        "output": str(output),
-        "paths": [str(p) for p in paths],
-        "info": info.to_dict(),
-        "method": method,
-        "exclude": list(exclude),
-        "progress": progress,
-    }
-    spec = output.with_suffix(".job.json")
-    spec.write_text(json.dumps(job))
+    spec = job.output.with_suffix(".job.json")
+    spec.write_text(job.to_json())
     # The libraries' own progress bars (one per tensor batch) are switched off; ours passes ``disable`` explicitly.
     environment = {**os.environ, "TQDM_DISABLE": "1"}
     command = [sys.executable, "-m", "poet.optimize.calibration", str(spec)]
@@ -260,20 +258,11 @@ class _DropPreprocessingHint(logging.Filter):
 
 
 def _main(spec: str) -> None:
-    job = json.loads(Path(spec).read_text())
+    job = QuantizeJob.from_json(Path(spec).read_text())
     logging.getLogger().addFilter(_DropPreprocessingHint())
     # ONNX Runtime's calibrator prints each histogram step to stdout; warnings and errors still reach stderr.
     with contextlib.redirect_stdout(io.StringIO()):
-        quantize_int8(
-            job["target"],
-            Path(job["source"]),
-            Path(job["output"]),
-            [Path(p) for p in job["paths"]],
-            ModelInfo.from_dict(job["info"]),
-            job["method"],
-            job["exclude"],
-            job["progress"],
-        )
+        quantize_int8(job)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,9 @@ layers per precision, so a build that silently ran everything in FP32 is reporte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -23,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from poet.errors import ModelError, PoetError
-from poet.fileio import atomic_path
-from poet.modelinfo import ModelInfo, info_from_metadata
+from poet.errors import PoetError
+from poet.fileio import atomic_path, check_writable, sha256_file
+from poet.modelinfo import ModelInfo, read_onnx_info
 from poet.runtime.compat import EngineTarget, require_tensorrt, sidecar_path, write_sidecar
 from poet.runtime.cuda_memory import open_stream
 from poet.runtime.tensorrt_backend import dims
@@ -60,20 +58,6 @@ class EngineResult:
     info: ModelInfo
     layer_precisions: dict[str, int]
     build_seconds: float
-
-
-def read_onnx_info(onnx_path: str | Path) -> ModelInfo:
-    """The :class:`ModelInfo` poet-export stored in an ONNX file, without loading its weights."""
-    import onnx
-
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise ModelError(f"ONNX model {onnx_path} not found")
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as error:  # onnx raises DecodeError and friends for files that are not ONNX
-        raise ModelError(f"{onnx_path} is not a readable ONNX file ({type(error).__name__})") from None
-    return info_from_metadata({prop.key: prop.value for prop in model.metadata_props}, onnx_path)
 
 
 def batch_profile(
@@ -140,24 +124,6 @@ def precision_shortfall(precision: str, counts: Mapping[str, int]) -> str | None
         f"the {precision} ONNX built an engine with NO {precision} layers (layers per precision: {dict(counts)}): "
         f"TensorRT fell back to higher precision everywhere, so expect FP32 speed"
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_writable(path: Path) -> None:
-    """Fail before minutes of building when the engine's folder cannot take a file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".probe", dir=path.parent):
-            pass
-    except OSError as error:
-        raise EngineBuildError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def _parse_onnx(network: trt.INetworkDefinition, logger: trt.ILogger, onnx_path: Path) -> None:
@@ -324,7 +290,7 @@ def build_engine(
         max_batch=batches[2] if batches else info.max_batch,
         extra={
             **info.extra,
-            "onnx": {"path": str(onnx_path), "sha256": file_sha256(onnx_path)},
+            "onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
             "tensorrt": {
                 **target.to_dict(),
                 "layer_precisions": counts,

@@ -7,9 +7,7 @@ The graph follows the contract in :mod:`poet.modelinfo`: inputs ``images`` and `
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +20,22 @@ from torch import nn
 from tqdm import tqdm
 
 from poet.checkpoint import model_from_checkpoint, read_checkpoint
-from poet.data.synthetic import render_image
 from poet.errors import PoetError
-from poet.fileio import atomic_path
+from poet.fileio import atomic_path, check_writable, sha256_file
+from poet.keypoints import split_predicted_keypoints
 from poet.model.poet import POET
 from poet.modelinfo import (
     DECODED_OUTPUTS,
     FLOAT_NCHW,
     IMAGES,
     MASK,
-    METADATA_KEY,
     RAW_OUTPUTS,
     UINT8_NHWC,
     ModelInfo,
+    write_model_info,
 )
 from poet.processing import NUM_CLASSES, PERSON_CLASS, PreprocessConfig, letterbox_batch, preprocess
-from poet.skeleton import NUM_KEYPOINTS
+from poet.synthetic import render_image
 
 FP32_TOLERANCE = 1e-4
 MIN_OPSET = 17
@@ -81,8 +79,9 @@ class InputNormalize(nn.Module):
 class Decode(nn.Module):
     """Raw outputs -> person score per query and keypoints in letterboxed-input pixels.
 
-    The torch twin of :func:`poet.processing.person_scores` and :func:`decode_keypoints`; the size of
-    the unpadded region comes from the mask (its first row and column, as the letterbox is top-left).
+    The torch twin of :func:`poet.processing.person_scores` and :func:`decode_keypoints`, reading the 53
+    values through :mod:`poet.keypoints`; the size of the unpadded region comes from the mask (its first
+    row and column, as the letterbox is top-left).
     """
 
     def forward(
@@ -91,11 +90,11 @@ class Decode(nn.Module):
         probs = logits.softmax(-1)[..., :NUM_CLASSES]
         score, label = probs.max(-1)
         scores = torch.where(label == PERSON_CLASS, score, torch.zeros_like(score))
-        triplets = kpts[..., 2:].unflatten(-1, (NUM_KEYPOINTS, 3))
-        xy = kpts[..., None, 0:2] + 2.0 * (triplets[..., 0:2] - 0.5)
+        people = split_predicted_keypoints(kpts)
         valid = (~mask).to(torch.float32)
         size = torch.stack((valid[:, 0, :].sum(-1), valid[:, :, 0].sum(-1)), dim=-1)
-        return scores, torch.cat((xy * size[:, None, None, :], triplets[..., 2:3]), dim=-1)
+        xy = people.absolute() * size[:, None, None, :]
+        return scores, torch.cat((xy, people.visibilities.unsqueeze(-1)), dim=-1)
 
 
 class ExportWrapper(nn.Module):
@@ -116,34 +115,6 @@ class ExportWrapper(nn.Module):
         if self.decode is not None:
             return self.decode(logits, kpts, mask)
         return logits, kpts
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_model_info(model: onnx.ModelProto, info: ModelInfo) -> None:
-    """Store ``info`` under :data:`METADATA_KEY`, replacing any earlier entry."""
-    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    model.metadata_props.add(key=METADATA_KEY, value=info.to_json())
-
-
-def check_writable(path: Path) -> None:
-    """Fail before minutes of work when the output folder cannot take a file; create no folder yet.
-
-    Folders are made when the file is written, so a failed run leaves no empty output folder behind.
-    """
-    folder = next((folder for folder in path.parents if folder.exists()), Path("."))
-    if not folder.is_dir():
-        raise ExportError(f"cannot write {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write {path}: no permission to write in {folder}")
 
 
 def verification_batch(info: ModelInfo, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,25 +27,26 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from poet.errors import DatasetError, ImageError, PoetError
-from poet.evaluation import load_coco_keypoints
-from poet.fileio import atomic_path
+from poet.console import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT
+from poet.errors import ImageError, PoetError
+from poet.evaluation import listed_images, load_coco_keypoints
+from poet.fileio import atomic_path, check_writable
 from poet.images import list_images, read_image
-from poet.modelinfo import IMAGES, INT8_TARGETS, MASK, PRECISIONS, ModelInfo, info_from_metadata
+from poet.modelinfo import IMAGES, INT8_TARGETS, MASK, PRECISIONS, ModelInfo, load_onnx, write_model_info
 from poet.optimize.calibration import (
     HEAD_NODE_PATTERNS,
+    QuantizeJob,
     mask_only_nodes,
     name_nodes,
     names_matching,
     quantize_int8_isolated,
     split_exclusions,
 )
-from poet.optimize.export import check_writable, export_onnx, verification_batch, write_model_info
+from poet.optimize.export import export_onnx, verification_batch
+from poet.optimize.variants import find_variant
 
 logger = logging.getLogger("poet")
 
-CALIBRATION_METHODS = ("entropy", "max", "percentile")
-DEFAULT_CALIBRATION_IMAGES = 512
 # Op types kept in FP32 by the FP16 variant: normalisation, attention weights, reductions and the
 # sigmoid of the keypoint head overflow or lose too much in half precision.
 FP16_FLOAT_OP_TYPES = (
@@ -119,33 +120,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "poet-edge"
 
 
-def load_poet_onnx(path: str | Path) -> tuple[onnx.ModelProto, ModelInfo]:
-    """An ONNX written by poet-export with its ModelInfo; a clear error for a missing file or another model."""
-    path = Path(path)
-    if not path.is_file():
-        raise PrecisionError(f"ONNX model {path} not found")
-    try:
-        model = onnx.load(path)
-    except Exception as error:
-        raise PrecisionError(f"{path} is not a readable ONNX file ({type(error).__name__})") from error
-    try:
-        return model, info_from_metadata({prop.key: prop.value for prop in model.metadata_props}, path)
-    except PoetError as error:
-        raise PrecisionError(str(error)) from error
-
-
 def calibration_paths(calibration: CalibrationSet, count: int) -> list[Path]:
     """The first ``count`` calibration images (sorted by name, or by image id for a COCO file)."""
     if calibration.annotations is not None:
         coco = load_coco_keypoints(calibration.annotations)
-        entries = sorted(coco.dataset["images"], key=lambda item: item["id"])
-        paths = [calibration.images / entry["file_name"] for entry in entries]
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            raise DatasetError(
-                f"{len(missing)} images listed in {calibration.annotations} are not in {calibration.images} "
-                f"(first: {missing[0]})"
-            )
+        _, paths = listed_images(coco, calibration.annotations, calibration.images)
     else:
         try:
             paths = list_images(calibration.images)
@@ -245,7 +224,7 @@ def make_variant(
     *,
     target: str = "tensorrt",
     calibration: CalibrationSet | str | Path | None = None,
-    num_calib: int = DEFAULT_CALIBRATION_IMAGES,
+    num_calib: int = DEFAULT_CALIBRATION_COUNT,
     calib_method: str = "entropy",
     exclude: Sequence[str] = (),
     cache_dir: str | Path | None = None,
@@ -270,7 +249,7 @@ def make_variant(
         )
     if precision == "int8" and target == "tensorrt" and calib_method == "percentile":
         raise PrecisionError("ModelOpt's TensorRT INT8 calibration offers entropy or max, not percentile")
-    model, info = load_poet_onnx(onnx_path)
+    model, info = load_onnx(onnx_path)
     if info.precision != "fp32":
         raise PrecisionError(f"{onnx_path} is already a {info.precision} model; make variants from the FP32 export")
     check_writable(output)
@@ -353,7 +332,8 @@ def _int8(
     if cached.is_file():
         shutil.copyfile(cached, output)
         return {**summary, "cache": "hit"}
-    code = quantize_int8_isolated(target, source, output, paths, info, method, exclude, progress)
+    job = QuantizeJob(target, source, output, tuple(paths), info, method, tuple(exclude), progress)
+    code = quantize_int8_isolated(job)
     if code != 0 or not output.is_file():
         raise PrecisionError(
             f"INT8 quantization for {target} failed in its worker process (exit code {code}); its messages are above"
@@ -375,7 +355,7 @@ def prepare_onnx(
     target: str = "tensorrt",
     calib_images: str | Path | None = None,
     calib_annotations: str | Path | None = None,
-    num_calib: int = DEFAULT_CALIBRATION_IMAGES,
+    num_calib: int = DEFAULT_CALIBRATION_COUNT,
     calib_method: str = "entropy",
     exclude: Sequence[str] = (),
     input_size: tuple[int, int] | None = None,
@@ -387,11 +367,11 @@ def prepare_onnx(
 
     A checkpoint is exported first (``<stem>.onnx``); an ONNX must carry poet-edge metadata (an ONNX of
     another model gets a clear error) and is returned as it is when it already has that precision.
-    The variant is ``<stem>.<precision>[-<target>].onnx``.
+    The variant's file name is the one :mod:`poet.optimize.variants` gives it (``<stem>.fp16.onnx``, ...).
     """
     model_path, output_dir = Path(model_path), Path(output_dir)
     if model_path.suffix.lower() == ".onnx":
-        _, info = load_poet_onnx(model_path)
+        _, info = load_onnx(model_path)
         if info.precision == precision and (precision != "int8" or info.target == target):
             return VariantResult(model_path, info, info.float_ops, info.extra.get("calibration", {}))
         fp32 = model_path
@@ -407,7 +387,6 @@ def prepare_onnx(
         fp32, info = exported.path, exported.info
     if precision == "fp32" and fp32.parent.resolve() == output_dir.resolve():
         return VariantResult(path=fp32, info=info, float_ops=())
-    suffix = f"{precision}-{target}" if precision == "int8" else precision
     calibration = None
     if calib_images is not None:
         calibration = CalibrationSet(Path(calib_images), Path(calib_annotations) if calib_annotations else None)
@@ -415,7 +394,7 @@ def prepare_onnx(
         raise PrecisionError("a calibration annotation file needs its image folder too (--calib-images)")
     return make_variant(
         fp32,
-        output_dir / f"{fp32.stem}.{suffix}.onnx",
+        find_variant("onnxruntime", precision, target).path(output_dir / fp32.name),
         precision,
         target=target,
         calibration=calibration,

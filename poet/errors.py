@@ -23,6 +23,10 @@ class ModelError(PoetError):
     """A deployed model (ONNX file or TensorRT engine) that is missing, unreadable, or not a poet-edge model."""
 
 
+class OutputError(PoetError):
+    """An output path that cannot be written (a file where a folder should be, no permission, a read-only disk)."""
+
+
 class MissingExtraError(PoetError, ImportError):
     """A feature whose optional dependencies are not installed; the message names the extra that brings them.
 

@@ -34,6 +34,47 @@ def coco_split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
     return root / "annotations" / f"person_keypoints_{split}.json", root / split
 
 
+def resolve_coco_paths(
+    data: Path | None, split: str, annotations: Path | None = None, images: Path | None = None
+) -> tuple[Path, Path]:
+    """Annotation file and image folder from a COCO-layout root (``annotations/``, ``<split>/``) or explicit paths.
+
+    ``data`` may also be an annotation file itself, when ``images`` names its folder.
+    """
+    if data is not None and data.is_file() and annotations is None:
+        if images is None:
+            raise DatasetError(f"{data} is an annotation file: give its image folder too (--images)")
+        annotations = data
+    if annotations is None or images is None:
+        if data is None:
+            raise DatasetError("give --data COCO_ROOT, or both --annotations FILE and --images DIR")
+        if not data.is_dir():
+            raise DatasetError(f"{data} not found (expected a COCO root folder or an annotation JSON)")
+        default_annotations, default_images = coco_split_paths(data, split)
+        annotations = annotations or default_annotations
+        images = images or default_images
+    if not images.is_dir():
+        raise DatasetError(f"image folder {images} not found")
+    return annotations, images
+
+
+def listed_images(
+    coco: COCO, annotations: str | Path, images_dir: str | Path, limit: int | None = None
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """The first ``limit`` image entries of a loaded COCO file by id, and their paths; every one must exist.
+
+    Checked before any work starts, so a folder that does not match its annotation file is one clear line.
+    """
+    entries = sorted(coco.dataset["images"], key=lambda item: item["id"])[:limit]
+    paths = [Path(images_dir) / entry["file_name"] for entry in entries]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} images listed in {annotations} are not in {images_dir} (first: {missing[0]})"
+        )
+    return entries, paths
+
+
 def _check_items(items: Any, key: str, fields: Sequence[str], path: Path) -> None:
     if not isinstance(items, list):
         raise DatasetError(f"{path}: '{key}' must be a list, got {type(items).__name__}")
@@ -132,13 +173,7 @@ def evaluate_predictions(
     from tqdm import tqdm
 
     coco = load_coco_keypoints(annotations)
-    entries = sorted(coco.dataset["images"], key=lambda item: item["id"])[:limit]
-    paths = [Path(images_dir) / entry["file_name"] for entry in entries]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} images listed in {annotations} are not in {images_dir} (first: {missing[0]})"
-        )
+    entries, paths = listed_images(coco, annotations, images_dir, limit)
     per_image: list[tuple[int, Sequence[Pose]]] = []
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(paths), batch_size):

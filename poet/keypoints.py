@@ -22,7 +22,7 @@ PRED_VISIBILITY = slice(4, PRED_DIM, 3)
 
 
 class PeopleKeypoints(NamedTuple):
-    """People split into the fields that matching and loss compare; leading dimension N."""
+    """People split into the fields that matching and loss compare; leading dimensions N (or B, Q)."""
 
     centres: Tensor  # [N, 2] centre (x, y) as a fraction of the image size
     offsets: Tensor  # [N, 17, 2] encoded offsets 0.5 + d / (2 * size)
@@ -34,12 +34,12 @@ class PeopleKeypoints(NamedTuple):
 
 
 def split_predicted_keypoints(pred_kpts: Tensor) -> PeopleKeypoints:
-    """Split [N, 53] predictions into centres, encoded offsets and visibilities."""
-    offsets = torch.stack((pred_kpts[:, PRED_OFFSET_X], pred_kpts[:, PRED_OFFSET_Y]), dim=-1)
-    return PeopleKeypoints(pred_kpts[:, PRED_CENTRE], offsets, pred_kpts[:, PRED_VISIBILITY])
+    """Split [..., 53] predictions into centres, encoded offsets and visibilities (traceable for export)."""
+    offsets = torch.stack((pred_kpts[..., PRED_OFFSET_X], pred_kpts[..., PRED_OFFSET_Y]), dim=-1)
+    return PeopleKeypoints(pred_kpts[..., PRED_CENTRE], offsets, pred_kpts[..., PRED_VISIBILITY])
 
 
 def join_predicted_keypoints(people: PeopleKeypoints) -> Tensor:
-    """The inverse of :func:`split_predicted_keypoints`: fields back to [N, 53] rows (traceable for export)."""
-    per_keypoint = torch.cat((people.offsets, people.visibilities.unsqueeze(-1)), dim=-1)  # [N, 17, 3]
-    return torch.cat((people.centres, per_keypoint.flatten(1)), dim=-1)
+    """The inverse of :func:`split_predicted_keypoints`: fields back to [..., 53] rows (traceable for export)."""
+    per_keypoint = torch.cat((people.offsets, people.visibilities.unsqueeze(-1)), dim=-1)  # [..., 17, 3]
+    return torch.cat((people.centres, per_keypoint.flatten(-2)), dim=-1)

@@ -22,10 +22,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poet.errors import ModelError
 from poet.processing import PreprocessConfig
+
+if TYPE_CHECKING:
+    import onnx
 
 METADATA_KEY = "poet_edge"
 FORMAT_VERSION = 1
@@ -143,3 +146,34 @@ def info_from_metadata(metadata: Mapping[str, str], source: str | Path) -> Model
         return ModelInfo.from_json(text)
     except ValueError as error:
         raise ModelError(f"{source}: damaged {METADATA_KEY!r} metadata: {error}") from None
+
+
+def load_onnx(path: str | Path, weights: bool = True) -> tuple[onnx.ModelProto, ModelInfo]:
+    """A poet-edge ONNX file and its ModelInfo; one clear error for a missing file, a non-ONNX or another model.
+
+    ``weights=False`` leaves external weight files unread, for callers that need only the metadata. onnx is
+    imported here, so the runtime, which never reads ONNX files this way, does not need it.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"ONNX model {path} not found")
+    try:
+        model = onnx.load(str(path), load_external_data=weights)
+    except Exception as error:  # onnx raises DecodeError and friends for files that are not ONNX
+        raise ModelError(f"{path} is not a readable ONNX file ({type(error).__name__})") from None
+    return model, info_from_metadata({prop.key: prop.value for prop in model.metadata_props}, path)
+
+
+def read_onnx_info(path: str | Path) -> ModelInfo:
+    """The :class:`ModelInfo` stored in a poet-edge ONNX file, without loading its weights."""
+    return load_onnx(path, weights=False)[1]
+
+
+def write_model_info(model: onnx.ModelProto, info: ModelInfo) -> None:
+    """Store ``info`` in an ONNX model's metadata under :data:`METADATA_KEY`, replacing any earlier entry."""
+    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=info.to_json())

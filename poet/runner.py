@@ -17,32 +17,19 @@ from poet.model.poet import POET
 from poet.predictor import Predictor
 
 
-def evaluate_model(
-    model: POET,
-    annotations: str | Path,
-    images_dir: str | Path,
-    batch_size: int = 4,
-    limit: int | None = None,
-    results_path: str | Path | None = None,
-    progress: bool = True,
-) -> dict[str, float]:
+def evaluate_model(model: POET, annotations: str | Path, images_dir: str | Path, **options: Any) -> dict[str, float]:
     """OKS AP/AR of a model on every image listed in a COCO annotation file.
 
     All queries labelled "person" are submitted (no threshold), as the authors evaluate; COCOeval
     keeps the 20 best per image. Images go through the shared letterbox, as in export and runtime.
+    ``options`` are those of :func:`poet.evaluation.evaluate_predictions` (batch_size, limit, results_path,
+    progress).
     """
     was_training = model.training
+    batch_size = options.setdefault("batch_size", 4)
     predictor = Predictor(model, next(model.parameters()).device, score_threshold=0.0, batch_size=batch_size)
     try:
-        return evaluate_predictions(
-            predictor.predict_arrays,
-            annotations,
-            images_dir,
-            batch_size=batch_size,
-            limit=limit,
-            results_path=results_path,
-            progress=progress,
-        )
+        return evaluate_predictions(predictor.predict_arrays, annotations, images_dir, **options)
     finally:
         model.train(was_training)
 
@@ -53,13 +40,10 @@ def evaluate_checkpoint(
     images_dir: str | Path,
     device: str = "cpu",
     input_size: tuple[int, int] | None = None,
-    batch_size: int = 4,
-    limit: int | None = None,
-    results_path: str | Path | None = None,
+    **options: Any,
 ) -> dict[str, float]:
     """:func:`evaluate_model` on a checkpoint file (ours or the authors')."""
-    model = load_model(checkpoint, device, input_size)
-    return evaluate_model(model, annotations, images_dir, batch_size, limit, results_path)
+    return evaluate_model(load_model(checkpoint, device, input_size), annotations, images_dir, **options)
 
 
 def _expand(sources: Sequence[Path]) -> list[Path]:
@@ -78,6 +62,7 @@ def predict_files(
     score_threshold: float = 0.5,
     max_people: int | None = None,
     batch_size: int = 4,
+    progress: bool = True,
 ) -> list[Path]:
     """Draw poses on each image into ``output_dir`` (PNG) and write all poses to ``poses.json``."""
     output_dir = Path(output_dir)
@@ -85,20 +70,12 @@ def predict_files(
     predictor = Predictor(load_model(checkpoint, device, input_size), device, score_threshold, max_people, batch_size)
     written: list[Path] = []
     records: list[dict[str, Any]] = []
-    for path in tqdm(files, desc="predicting", unit="img"):
+    for path in tqdm(files, desc="predicting", unit="img", disable=not progress):
         image = read_image(path)
         poses = predictor.predict_arrays([image])[0]
         target = output_dir / f"{path.stem}_poses.png"
         save_image(target, draw_poses(image, poses))
         written.append(target)
-        records.append(
-            {
-                "image": str(path),
-                "poses": [
-                    {"score": p.score, "keypoints": p.keypoints.round(2).tolist(), "box": p.box.round(2).tolist()}
-                    for p in poses
-                ],
-            }
-        )
+        records.append({"image": str(path), "poses": [pose.to_dict() for pose in poses]})
     write_json(output_dir / "poses.json", records, indent=1)
     return written

@@ -20,8 +20,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from poet.errors import ModelError
-from poet.modelinfo import METADATA_KEY, ModelInfo
+from poet.errors import ModelError, OutputError
+from poet.modelinfo import METADATA_KEY, ModelInfo, read_onnx_info
 from poet.optimize import engine as engine_module
 from poet.optimize.build_cli import main as build_main
 from poet.optimize.engine import (
@@ -31,7 +31,6 @@ from poet.optimize.engine import (
     layer_precisions,
     precision_shortfall,
     profile_shapes,
-    read_onnx_info,
 )
 from poet.processing import PreprocessConfig
 from poet.runtime.compat import (
@@ -554,6 +553,6 @@ def test_progress_monitor_follows_nested_build_phases(fake_trt, tmp_path):
 def test_unwritable_engine_folder_fails_before_building(fake_trt, tmp_path):
     trt = fake_trt()
     (tmp_path / "taken").write_text("a file where the output folder should be")
-    with pytest.raises(EngineBuildError, match=r"cannot write .*taken/m\.engine"):
+    with pytest.raises(OutputError, match=r"cannot write .*taken/m\.engine"):
         build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "taken" / "m.engine", progress=False)
     assert trt.networks == []

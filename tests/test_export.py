@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from poet.checkpoint import load_model, save_checkpoint
-from poet.errors import CheckpointError
+from poet.errors import CheckpointError, OutputError
 from poet.images import read_image
 from poet.model import build_model
 from poet.modelinfo import METADATA_KEY, UINT8_NHWC, ModelInfo
 from poet.optimize import export as export_module
 from poet.optimize.export import ExportError, export_onnx
-from poet.processing import PreprocessConfig, decode_poses, decoded_poses, letterbox_batch, preprocess
+from poet.processing import PreprocessConfig, decode_poses, letterbox_batch, poses_from_decoded, preprocess
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_decoded_outputs_equal_the_shared_decoding(fixed, tmp_path, tiny_checkpo
         assert scores.shape == (1, 6) and keypoints.shape == (1, 6, 17, 3)
         logits, kpts = _run(fixed.path, batch, mask)
         expected = decode_poses(logits[0], kpts[0], photo.shape[:2])
-        got = decoded_poses(scores[0], keypoints[0], boxes[0])
+        got = poses_from_decoded(scores[0], keypoints[0], boxes[0])
         assert [p.score for p in got] == pytest.approx([p.score for p in expected], abs=1e-5)
         for ours, reference in zip(got, expected, strict=True):
             np.testing.assert_allclose(ours.keypoints, reference.keypoints, atol=1e-2)
@@ -160,7 +160,7 @@ def test_a_file_that_is_not_a_checkpoint_is_rejected_and_nothing_is_written(tmp_
 def test_unwritable_output_is_a_clear_error(tmp_path, tiny_checkpoint):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(ExportError, match="cannot write"):
+    with pytest.raises(OutputError, match="cannot write"):
         export_onnx(tiny_checkpoint, blocker / "model.onnx", progress=False)
 
 

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from poet.errors import ModelError
 from poet.images import read_image
 from poet.optimize.export import export_onnx
 from poet.optimize.precision import CalibrationSet, PrecisionError, make_variant, prepare_onnx
@@ -188,9 +189,9 @@ def test_onnx_of_another_model_is_rejected_and_nothing_is_written(tmp_path):
     )
     other = tmp_path / "other.onnx"
     onnx.save(helper.make_model(graph), other)
-    with pytest.raises(PrecisionError, match="not a poet-edge model"):
+    with pytest.raises(ModelError, match="not a poet-edge model"):
         make_variant(other, tmp_path / "out" / "other.fp16.onnx", "fp16", progress=False)
-    with pytest.raises(PrecisionError, match="not a poet-edge model"):
+    with pytest.raises(ModelError, match="not a poet-edge model"):
         prepare_onnx(other, tmp_path / "out", "fp16", progress=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 

@@ -7,7 +7,7 @@ layers are written here rather than taken from ``torch.nn.Transformer``. Sequenc
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from poet.model.config import PoetConfig
 
@@ -16,23 +16,40 @@ def _with_position(tensor: torch.Tensor, position: torch.Tensor | None) -> torch
     return tensor if position is None else tensor + position
 
 
-class EncoderLayer(nn.Module):
+class _AttentionBlocks(nn.Module):
+    """What encoder and decoder layers share: ``blocks`` residual blocks (attention ones, then the feed-forward
+    one), each with its ``normN`` and ``dropoutN``, under the authors' parameter names."""
+
+    # Made by _add_blocks (the encoder has two blocks, the decoder three).
+    norm1: nn.LayerNorm
+    norm2: nn.LayerNorm
+    norm3: nn.LayerNorm
+    dropout1: nn.Dropout
+    dropout2: nn.Dropout
+    dropout3: nn.Dropout
+
+    def _add_blocks(self, width: int, hidden: int, dropout: float, pre_norm: bool, blocks: int) -> None:
+        # Created after the attention modules and in this order, so a seed gives the authors' initial weights.
+        self.linear1 = nn.Linear(width, hidden)
+        self.linear2 = nn.Linear(hidden, width)
+        for index in range(1, blocks + 1):
+            self.add_module(f"norm{index}", nn.LayerNorm(width))
+        self.dropout = nn.Dropout(dropout)
+        for index in range(1, blocks + 1):
+            self.add_module(f"dropout{index}", nn.Dropout(dropout))
+        self.pre_norm = pre_norm
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.dropout(torch.relu(self.linear1(x))))
+
+
+class EncoderLayer(_AttentionBlocks):
     """Self-attention over the flattened feature map, then a feed-forward block."""
 
     def __init__(self, width: int, heads: int, hidden: int, dropout: float, pre_norm: bool) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout)
-        self.linear1 = nn.Linear(width, hidden)
-        self.linear2 = nn.Linear(hidden, width)
-        self.norm1 = nn.LayerNorm(width)
-        self.norm2 = nn.LayerNorm(width)
-        self.dropout = nn.Dropout(dropout)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.pre_norm = pre_norm
-
-    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(self.dropout(torch.relu(self.linear1(x))))
+        self._add_blocks(width, hidden, dropout, pre_norm, blocks=2)
 
     def forward(self, src: torch.Tensor, padding_mask: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
         if self.pre_norm:
@@ -45,48 +62,29 @@ class EncoderLayer(nn.Module):
         return self.norm2(src + self.dropout2(self._feed_forward(src)))
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_AttentionBlocks):
     """Query self-attention, cross-attention into the encoder memory, then a feed-forward block."""
 
     def __init__(self, width: int, heads: int, hidden: int, dropout: float, pre_norm: bool) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout)
         self.multihead_attn = nn.MultiheadAttention(width, heads, dropout=dropout)
-        self.linear1 = nn.Linear(width, hidden)
-        self.linear2 = nn.Linear(hidden, width)
-        self.norm1 = nn.LayerNorm(width)
-        self.norm2 = nn.LayerNorm(width)
-        self.norm3 = nn.LayerNorm(width)
-        self.dropout = nn.Dropout(dropout)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
-        self.pre_norm = pre_norm
-
-    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(self.dropout(torch.relu(self.linear1(x))))
+        self._add_blocks(width, hidden, dropout, pre_norm, blocks=3)
 
     def forward(
-        self,
-        tgt: torch.Tensor,
-        memory: torch.Tensor,
-        memory_padding_mask: torch.Tensor | None,
-        pos: torch.Tensor,
-        query_pos: torch.Tensor,
-    ) -> torch.Tensor:
+        self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None, pos: Tensor, query_pos: Tensor
+    ) -> Tensor:
         if self.pre_norm:
             normed = self.norm1(tgt)
             query = normed + query_pos
             tgt = tgt + self.dropout1(self.self_attn(query, query, normed)[0])
             normed = self.norm2(tgt)
-            attended = self.multihead_attn(
-                normed + query_pos, memory + pos, memory, key_padding_mask=memory_padding_mask
-            )[0]
+            attended = self.multihead_attn(normed + query_pos, memory + pos, memory, key_padding_mask=memory_mask)[0]
             tgt = tgt + self.dropout2(attended)
             return tgt + self.dropout3(self._feed_forward(self.norm3(tgt)))
         query = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(query, query, tgt)[0]))
-        attended = self.multihead_attn(tgt + query_pos, memory + pos, memory, key_padding_mask=memory_padding_mask)[0]
+        attended = self.multihead_attn(tgt + query_pos, memory + pos, memory, key_padding_mask=memory_mask)[0]
         tgt = self.norm2(tgt + self.dropout2(attended))
         return self.norm3(tgt + self.dropout3(self._feed_forward(tgt)))
 
@@ -119,16 +117,11 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_dim)
 
     def forward(
-        self,
-        tgt: torch.Tensor,
-        memory: torch.Tensor,
-        memory_padding_mask: torch.Tensor | None,
-        pos: torch.Tensor,
-        query_pos: torch.Tensor,
-    ) -> torch.Tensor:
+        self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None, pos: Tensor, query_pos: Tensor
+    ) -> Tensor:
         outputs = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, memory_padding_mask, pos, query_pos)
+            tgt = layer(tgt, memory, memory_mask, pos, query_pos)
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)
 
