@@ -18,7 +18,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -321,6 +323,21 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
+def check_distributions(sdist: Path, wheel: Path) -> None:
+    """The wheel carries the package only; the sdist also what its test suite needs (data, measurement scripts)."""
+    with zipfile.ZipFile(wheel) as archive:
+        stray = [name for name in archive.namelist() if "/scripts/" in name or name.startswith("tests/")]
+    with tarfile.open(sdist) as archive:
+        names = archive.getnames()
+    lacking = [
+        part
+        for part in ("/benchmarks/scripts/device_check.sh", "/tests/data/coco/")
+        if not any(part in n for n in names)
+    ]
+    if stray or lacking:
+        raise SystemExit(f"distributions: wheel holds {stray[:3]}, sdist lacks {lacking}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("build/install-matrix"), help="scratch folder")
@@ -335,6 +352,7 @@ def main() -> int:
     wheel = next(dist.glob("poet_edge-*.whl"))
     sdist = next(dist.glob("poet_edge-*.tar.gz"))
     print(f"built {sdist.name} and, from it, {wheel.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    check_distributions(sdist, wheel)
     make_fixtures(work / "fixtures")
     wanted = set(args.lines.split(",")) if args.lines else None
     rows: list[dict[str, object]] = []
