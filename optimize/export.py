@@ -60,7 +60,9 @@ class InputNormalize(nn.Module):
     """uint8 BGR NHWC -> normalised RGB NCHW, zeroed on padding like :func:`poet.processing.pad_batch`.
 
     Same arithmetic as :func:`poet.processing.normalize` (``pixel * gain + offset``), so the graph
-    reproduces the float path; a module of its own so its nodes are named ``/normalize/...``.
+    reproduces the float path; a module of its own so its nodes are named ``/normalize/...``. The input is
+    cast to float before anything else touches it: TensorRT takes UINT8 only as a network input or output,
+    so the BGR->RGB flip must slice a float tensor, never a uint8 one.
     """
 
     def __init__(self, config: PreprocessConfig) -> None:
@@ -72,7 +74,7 @@ class InputNormalize(nn.Module):
         self.register_buffer("offset", -torch.tensor(config.mean, dtype=torch.float32) / std)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        rgb = images.flip(-1).to(torch.float32) * self.gain + self.offset
+        rgb = images.to(torch.float32).flip(-1) * self.gain + self.offset
         return rgb.permute(0, 3, 1, 2) * (~mask).unsqueeze(1).to(torch.float32)
 
 
