@@ -201,7 +201,9 @@ def lines(fixtures: Path) -> list[Line]:
                 ),
                 # Without TensorRT the FP16 ONNX is made here and the engine is left to the target machine.
                 Check(
-                    ["poet-build-engine", "tiny.onnx", "-o", "tiny.engine", "--fp16"], 2, "error: TensorRT is needed"
+                    ["poet-build-engine", "tiny.onnx", "-o", "tiny.engine", "--fp16"],
+                    2,
+                    "passes the TensorRT graph check",  # the parser tables ship in the wheel
                 ),
             ],
         ),

@@ -55,6 +55,7 @@ def test_export_matches_pytorch_on_letterboxed_photographs(fixed, tiny_checkpoin
     stored = ModelInfo.from_json({p.key: p.value for p in graph.metadata_props}[METADATA_KEY])
     assert stored == fixed.info and stored.preprocess == model.preprocess and stored.num_queries == 6
     assert stored.extra["source_format"] == "poet-edge" and len(stored.extra["source_sha256"]) == 64
+    assert stored.extra["tensorrt_check"] == "passed (TensorRT 10.3, 11)"
     assert 0 <= fixed.max_abs_diff <= 1e-4
     for photo in photos:
         batch, mask, _ = preprocess([photo], model.preprocess)
