@@ -66,6 +66,7 @@ def precision_onnx(args: argparse.Namespace) -> Path:
         num_calib=args.calib_count,
         calib_method=args.calib_method,
         exclude=args.exclude,
+        int8_float=args.int8_float,
         input_size=console.input_size(args),
         batch=None if args.max_batch else (args.batch or 1),
         max_batch=args.max_batch or args.batch or 1,

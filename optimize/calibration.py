@@ -29,6 +29,21 @@ from poet.processing import letterbox_batch, preprocess
 # Nodes of the heads (class and keypoint MLPs), the in-graph normalisation and decoding stay in float
 # for every reduced precision; export names them after the modules that make them.
 HEAD_NODE_PATTERNS = (r"/class_embed/", r"/kpt_embed/", r"^/normalize/", r"^/decode/")
+# Op types kept in FP32 wherever the rest goes FP16 (the FP16 variant, and INT8 for TensorRT with FP16 as its
+# float type): normalisation, attention weights, reductions and the keypoint head's sigmoid overflow or lose
+# too much in half precision.
+FP16_FLOAT_OP_TYPES = (
+    "LayerNormalization",
+    "Softmax",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "CumSum",
+    "Sigmoid",
+    "Pow",
+    "Sqrt",
+)
 # What the CPU INT8 variant quantizes: convolutions and weight matmuls, which ONNX Runtime fuses into
 # integer kernels. Not Add: ONNX Runtime calibrates every tensor of a listed op type, excluded nodes
 # too, and the attention-mask Add carries -inf.
@@ -180,7 +195,10 @@ def _int8_cpu(source: Path, output: Path, reader: CalibrationReader, method: str
     )
 
 
-def _int8_tensorrt(source: Path, output: Path, reader: CalibrationReader, method: str, exclude: Sequence[str]) -> None:
+def _int8_tensorrt(
+    source: Path, output: Path, reader: CalibrationReader, method: str, exclude: Sequence[str], float_type: str
+) -> None:
+    """ModelOpt's symmetric Q/DQ; the unquantized ops in ``float_type`` (fp16: FP16_FLOAT_OP_TYPES stay fp32)."""
     from modelopt.onnx.quantization import quantize
 
     model = onnx.load(source)
@@ -196,7 +214,8 @@ def _int8_tensorrt(source: Path, output: Path, reader: CalibrationReader, method
         nodes_to_exclude=[f"^{re.escape(name)}$" for name in keep],
         # Q/DQ stays off the attention matmuls, i.e. off the softmax output (TensorRT's own MHA fusion rule).
         disable_mha_qdq=True,
-        high_precision_dtype="fp32",
+        high_precision_dtype=float_type,
+        op_types_to_exclude_fp16=[*FP16_FLOAT_OP_TYPES, *op_types],
         output_path=str(output),
         log_level="WARNING",
     )
@@ -214,6 +233,7 @@ class QuantizeJob:
     method: str
     exclude: tuple[str, ...]
     progress: bool
+    float_type: str = "fp32"  # INT8 for TensorRT: the type of the unquantized ops
 
     def to_json(self) -> str:
         fields = {**vars(self), "source": str(self.source), "output": str(self.output)}
@@ -230,8 +250,10 @@ class QuantizeJob:
 def quantize_int8(job: QuantizeJob) -> None:
     """Run ``job`` in this process."""
     reader = CalibrationReader(job.paths, job.info, job.progress)
-    quantizer = _int8_cpu if job.target == "cpu" else _int8_tensorrt
-    quantizer(job.source, job.output, reader, job.method, job.exclude)
+    if job.target == "cpu":
+        _int8_cpu(job.source, job.output, reader, job.method, job.exclude)
+    else:
+        _int8_tensorrt(job.source, job.output, reader, job.method, job.exclude, job.float_type)
 
 
 def quantize_int8_isolated(job: QuantizeJob) -> int:

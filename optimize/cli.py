@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_calib=args.calib_count,
         calib_method=args.calib_method,
         exclude=args.exclude,
+        int8_float=args.int8_float,
         cache_dir=args.cache_dir,
         progress=progress,
     )

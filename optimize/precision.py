@@ -27,13 +27,14 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from poet.console import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT
+from poet.console import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT, DEFAULT_INT8_FLOAT, INT8_FLOAT_TYPES
 from poet.errors import ImageError, PoetError
 from poet.evaluation import listed_images, load_coco_keypoints
 from poet.fileio import atomic_path, check_writable
 from poet.images import list_images, read_image
 from poet.modelinfo import IMAGES, INT8_TARGETS, MASK, PRECISIONS, ModelInfo, load_onnx, write_model_info
 from poet.optimize.calibration import (
+    FP16_FLOAT_OP_TYPES,
     HEAD_NODE_PATTERNS,
     QuantizeJob,
     mask_only_nodes,
@@ -43,24 +44,11 @@ from poet.optimize.calibration import (
     split_exclusions,
 )
 from poet.optimize.export import export_onnx, verification_batch
+from poet.optimize.tensorrt_check import tensorrt_verdict
 from poet.optimize.variants import find_variant
 
 logger = logging.getLogger("poet")
 
-# Op types kept in FP32 by the FP16 variant: normalisation, attention weights, reductions and the
-# sigmoid of the keypoint head overflow or lose too much in half precision.
-FP16_FLOAT_OP_TYPES = (
-    "LayerNormalization",
-    "Softmax",
-    "ReduceMean",
-    "ReduceSum",
-    "ReduceMax",
-    "ReduceMin",
-    "CumSum",
-    "Sigmoid",
-    "Pow",
-    "Sqrt",
-)
 # Op types whose precision the report lists; layout ops (Reshape, Transpose, ...) carry no arithmetic.
 COMPUTE_OP_TYPES = frozenset(
     {
@@ -227,13 +215,15 @@ def make_variant(
     num_calib: int = DEFAULT_CALIBRATION_COUNT,
     calib_method: str = "entropy",
     exclude: Sequence[str] = (),
+    int8_float: str = DEFAULT_INT8_FLOAT,
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> VariantResult:
     """Write the ``precision`` variant (fp32, fp16, int8) of an FP32 poet-edge ONNX to ``output``.
 
     ``exclude`` keeps more in float: op types (``Gemm``) or node-name regular expressions
-    (``/layer4/``). INT8 needs ``calibration`` (a folder, or a :class:`CalibrationSet`); unreadable
+    (``/layer4/``). ``int8_float`` is the type INT8 for TensorRT runs its unquantized ops in.
+    INT8 needs ``calibration`` (a folder, or a :class:`CalibrationSet`); unreadable
     images are skipped with a warning and listed in the summary. The quantized model is cached under
     ``cache_dir`` by the hash of the ONNX bytes, the images' bytes and the settings, so the same
     calibration is never run twice.
@@ -247,6 +237,8 @@ def make_variant(
         raise PrecisionError(
             f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {calib_method!r}"
         )
+    if int8_float not in INT8_FLOAT_TYPES:
+        raise PrecisionError(f"int8_float must be one of {', '.join(INT8_FLOAT_TYPES)}, got {int8_float!r}")
     if precision == "int8" and target == "tensorrt" and calib_method == "percentile":
         raise PrecisionError("ModelOpt's TensorRT INT8 calibration offers entropy or max, not percentile")
     model, info = load_onnx(onnx_path)
@@ -272,11 +264,18 @@ def make_variant(
                 num_calib,
                 calib_method,
                 exclude,
+                int8_float,
                 cache_dir,
                 progress,
             )
             variant = onnx.load(Path(work) / "int8.onnx")
         counts = op_precision(variant)
+        if precision == "int8" and target != "tensorrt":
+            verdict = f"not a TensorRT graph (INT8 for {target})"
+        else:
+            verdict = tensorrt_verdict(variant, output)
+            if not verdict.startswith("passed"):
+                logger.warning("%s", verdict)
         float_ops = _float_op_types(counts) if precision != "fp32" else ()
         variant_info = info.replace(
             precision=precision,
@@ -286,6 +285,7 @@ def make_variant(
                 **info.extra,
                 **({"calibration": summary} if summary else {}),
                 "op_precision": counts,
+                "tensorrt_check": verdict,
                 # ModelOpt raises the opset (19 for Q/DQ with its scale types); record what the file has.
                 "opset": next(entry.version for entry in variant.opset_import if entry.domain in ("", "ai.onnx")),
             },
@@ -305,6 +305,7 @@ def _int8(
     num_calib: int,
     method: str,
     exclude: Sequence[str],
+    float_type: str,
     cache_dir: str | Path | None,
     progress: bool,
 ) -> dict[str, Any]:
@@ -317,12 +318,20 @@ def _int8(
     batch_size = info.batch or 1
     if len(paths) < batch_size:
         raise PrecisionError(f"{len(paths)} usable calibration images cannot fill one batch of {batch_size}")
-    settings = {"target": target, "method": method, "exclude": sorted(exclude), "images": len(paths)}
+    float_type = float_type if target == "tensorrt" else "fp32"
+    settings = {
+        "target": target,
+        "method": method,
+        "exclude": sorted(exclude),
+        "images": len(paths),
+        "float_type": float_type,
+    }
     key = _cache_key(source.read_bytes(), data_hash, settings)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cached = cache / f"int8-{key[:32]}.onnx"
     summary: dict[str, Any] = {
         "method": method,
+        "float_type": float_type,
         "images": len(paths) - len(paths) % batch_size,
         "skipped": skipped,
         "source": str(Path(calibration.annotations or calibration.images).resolve()),
@@ -332,7 +341,7 @@ def _int8(
     if cached.is_file():
         shutil.copyfile(cached, output)
         return {**summary, "cache": "hit"}
-    job = QuantizeJob(target, source, output, tuple(paths), info, method, tuple(exclude), progress)
+    job = QuantizeJob(target, source, output, tuple(paths), info, method, tuple(exclude), progress, float_type)
     code = quantize_int8_isolated(job)
     if code != 0 or not output.is_file():
         raise PrecisionError(
@@ -358,6 +367,7 @@ def prepare_onnx(
     num_calib: int = DEFAULT_CALIBRATION_COUNT,
     calib_method: str = "entropy",
     exclude: Sequence[str] = (),
+    int8_float: str = DEFAULT_INT8_FLOAT,
     input_size: tuple[int, int] | None = None,
     batch: int | None = 1,
     max_batch: int = 1,
@@ -401,5 +411,6 @@ def prepare_onnx(
         num_calib=num_calib,
         calib_method=calib_method,
         exclude=exclude,
+        int8_float=int8_float,
         progress=progress,
     )

@@ -53,6 +53,9 @@ COMMANDS: dict[str, Command] = {
 # INT8 calibration: how many images and which statistic, the same in poet-export, poet-build-engine and poet-bench.
 CALIBRATION_METHODS = ("entropy", "max", "percentile")
 DEFAULT_CALIBRATION_COUNT = 512
+# The type INT8 for TensorRT runs its unquantized ops in (LayerNorm, softmax and reductions stay FP32 either way).
+INT8_FLOAT_TYPES = ("fp16", "fp32")
+DEFAULT_INT8_FLOAT = "fp16"
 
 
 def positive_int(text: str) -> int:
@@ -147,6 +150,13 @@ def add_precision_options(parser: argparse.ArgumentParser, title: str = "INT8 ca
         default=(),
         metavar="OP",
         help="keep more in float: op types (Gemm) or node-name regular expressions (/layer4/)",
+    )
+    parser.add_argument(
+        "--int8-float",
+        choices=INT8_FLOAT_TYPES,
+        default=DEFAULT_INT8_FLOAT,
+        help=f"what INT8 for TensorRT runs its unquantized ops in (default: {DEFAULT_INT8_FLOAT}; LayerNorm, "
+        "softmax and reductions stay fp32)",
     )
 
 
