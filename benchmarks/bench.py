@@ -231,12 +231,14 @@ class VariantBuilder:
 
     def engine(self, row: Variant) -> Path:
         """A TensorRT engine from the ONNX of the same precision (INT8 in TensorRT's Q/DQ layout)."""
-        from poet.runtime.compat import TensorRTUnavailable, require_tensorrt
+        from poet.runtime.compat import TensorRTUnavailable, TensorRTVersionError, require_tensorrt
 
         try:
             require_tensorrt()
         except TensorRTUnavailable:
             raise VariantUnavailable('TensorRT not installed (pip install "poet-edge[tensorrt]")') from None
+        except TensorRTVersionError as error:
+            raise VariantUnavailable(str(error)) from None
         from poet.optimize.engine import build_engine
 
         onnx_path = self.onnx(find_variant("onnxruntime", row.precision, row.int8_target))

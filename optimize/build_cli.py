@@ -86,17 +86,42 @@ def target_command(onnx: Path, args: argparse.Namespace) -> str:
     return command
 
 
-@console.run_cli
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    onnx = precision_onnx(args)
+def tensorrt_here() -> str | None:
+    """The TensorRT version installed here, None where there is none; a too-old one is refused in one line now,
+    before the export and calibration that would otherwise run first."""
     try:
         require_tensorrt()
     except TensorRTUnavailable:
+        return None
+    import tensorrt as trt
+
+    return str(trt.__version__)
+
+
+@console.run_cli
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    version = tensorrt_here()
+    from poet.optimize.engine import check_dla_options
+    from poet.optimize.tensorrt_check import check_onnx_file
+
+    dynamic = args.max_batch
+    if args.model.suffix.lower() == ".onnx":
+        info = read_onnx_info(args.model)
+        if info.batch is not None and args.max_batch:
+            raise PoetError(
+                f"{args.model} has a fixed batch of {info.batch}; --max-batch needs an ONNX exported with a dynamic "
+                "batch (poet-export --max-batch N)"
+            )
+        dynamic = info.max_batch if info.batch is None else None
+    check_dla_options(args.dla_core, dynamic, version)
+    onnx = precision_onnx(args)
+    check_onnx_file(onnx)
+    if version is None:
         raise PoetError(
-            f"TensorRT is needed for the engine and is not installed here; {onnx} is ready: on the target device run "
-            f"{target_command(onnx, args)}"
-        ) from None
+            f"TensorRT is needed for the engine and is not installed here; {onnx} is ready and passes the TensorRT "
+            f"graph check: on the target device run {target_command(onnx, args)}"
+        )
     from poet.optimize.engine import build_engine
 
     fixed_batch = read_onnx_info(onnx).batch

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from poet.errors import PoetError
 from poet.fileio import atomic_path, check_writable, sha256_file
 from poet.modelinfo import ModelInfo, read_onnx_info
-from poet.runtime.compat import EngineTarget, require_tensorrt, sidecar_path, write_sidecar
+from poet.optimize.tensorrt_check import check_onnx_file
+from poet.runtime.compat import EngineTarget, has_dla, require_tensorrt, sidecar_path, write_sidecar
 from poet.runtime.cuda_memory import open_stream
 from poet.runtime.tensorrt_backend import dims
 
@@ -154,6 +155,28 @@ def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
         tmp.write_bytes(config.get_timing_cache().serialize())
 
 
+def check_dla_options(core: int | None, dynamic_max_batch: int | None, tensorrt_version: str | None) -> None:
+    """Refuse, before building, a DLA build this TensorRT cannot make or that DLA cannot run.
+
+    ``dynamic_max_batch`` is the largest batch of a dynamic-batch ONNX (None for a fixed batch);
+    ``tensorrt_version`` None skips the release check (no TensorRT here).
+    """
+    if core is None:
+        return
+    if core < 0:
+        raise EngineBuildError(f"--dla-core must be 0 or more, got {core}")
+    if tensorrt_version is not None and not has_dla(tensorrt_version):
+        raise EngineBuildError(
+            f"TensorRT {tensorrt_version} has no DLA support (TensorRT 11.0 to 11.3 dropped it; use the 10.x of "
+            "your JetPack, or 11.4.1 or newer on JetPack 7.2.2+)"
+        )
+    if dynamic_max_batch is not None:
+        raise EngineBuildError(
+            f"DLA needs fixed shapes, and this ONNX has a dynamic batch (1..{dynamic_max_batch}); "
+            "export it with --batch N"
+        )
+
+
 def _configure_dla(builder: trt.Builder, config: trt.IBuilderConfig, core: int, precision: str) -> None:
     """Run on the Jetson's deep learning accelerator, with layers DLA cannot run falling back to the GPU."""
     import tensorrt as trt
@@ -241,7 +264,10 @@ def _serialize(
         raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
     if cache_path is not None:
         _save_timing_cache(config, cache_path)
-    inspector = trt.Runtime(logger).deserialize_cuda_engine(serialized).create_engine_inspector()
+    runtime = trt.Runtime(logger)
+    if dla_core is not None:
+        runtime.DLA_core = dla_core  # before deserializing, or the engine lands on DLA core 0
+    inspector = runtime.deserialize_cuda_engine(serialized).create_engine_inspector()
     return serialized, layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
 
@@ -266,11 +292,14 @@ def build_engine(
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     info = read_onnx_info(onnx_path)
+    check_onnx_file(onnx_path)
     batches = batch_profile(info, min_batch, opt_batch, max_batch)
     cache_path = Path(timing_cache) if timing_cache is not None else None
     check_writable(engine_path)
     require_tensorrt()
     import tensorrt as trt
+
+    check_dla_options(dla_core, batches[2] if batches else None, trt.__version__)
 
     start = time.perf_counter()
     cuda = open_stream(device)  # makes ``device`` current, so TensorRT builds for it

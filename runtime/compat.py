@@ -27,8 +27,33 @@ TENSORRT_INSTALL = (
 )
 
 
+# Strongly typed networks, IProgressMonitor and the name-based I/O API all arrived in TensorRT 10.
+MIN_TENSORRT = (10, 0)
+# DLA was unavailable from TensorRT 11.0 through 11.3 (11.4 brought it back).
+NO_DLA_RELEASES = ((11, 0), (11, 4))
+
+
 class TensorRTUnavailable(PoetError):
     """TensorRT (or the CUDA bindings it needs) is not installed here."""
+
+
+class TensorRTVersionError(PoetError):
+    """A TensorRT older than poet-edge needs, or one whose version cannot be read."""
+
+
+def tensorrt_release(version: str) -> tuple[int, int]:
+    """``"10.3.0.30"`` -> ``(10, 3)``; a version that does not start with two numbers is refused in one line."""
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        raise TensorRTVersionError(f"cannot read the TensorRT version {version!r} (expected e.g. 10.3.0)") from None
+
+
+def has_dla(version: str) -> bool:
+    """Whether this TensorRT release can build or run DLA engines at all (the device decides the rest)."""
+    low, high = NO_DLA_RELEASES
+    return not low <= tensorrt_release(version) < high
 
 
 class EngineCompatibilityError(ModelError):
@@ -36,10 +61,12 @@ class EngineCompatibilityError(ModelError):
 
 
 def require_tensorrt() -> None:
-    """Fail with the install command unless a real ``tensorrt`` module can be imported.
+    """Fail with the install command unless a real ``tensorrt`` module of 10.0 or newer can be imported.
 
     A ``tensorrt`` folder holding only type stubs imports as an empty namespace package, so
-    "importable" alone is not enough: a real TensorRT has a ``__file__``.
+    "importable" alone is not enough: a real TensorRT has a ``__file__``. The version is checked here,
+    before any other TensorRT or CUDA call, so an old TensorRT is one line rather than an AttributeError
+    in the middle of a build.
     """
     try:
         module = importlib.import_module("tensorrt")
@@ -50,6 +77,13 @@ def require_tensorrt() -> None:
     if getattr(module, "__file__", None) is None:
         raise TensorRTUnavailable(
             f"TensorRT is needed for engines but 'tensorrt' here is only a stub package; {TENSORRT_INSTALL}"
+        )
+    version = str(getattr(module, "__version__", "unknown"))
+    if tensorrt_release(version) < MIN_TENSORRT:
+        raise TensorRTVersionError(
+            f"TensorRT {version} is installed ({module.__file__}) but poet-edge needs TensorRT "
+            f"{'.'.join(map(str, MIN_TENSORRT))} or newer (strongly typed networks); JetPack 6 ships 10.3, "
+            f'on x86: pip install "poet-edge[tensorrt]"'
         )
 
 

@@ -16,7 +16,14 @@ import numpy as np
 
 from poet.errors import ModelError
 from poet.modelinfo import IMAGES, MASK, ModelInfo
-from poet.runtime.compat import EngineTarget, check_compatibility, read_sidecar, rebuild_command, require_tensorrt
+from poet.runtime.compat import (
+    EngineTarget,
+    check_compatibility,
+    has_dla,
+    read_sidecar,
+    rebuild_command,
+    require_tensorrt,
+)
 from poet.runtime.cuda_memory import CudaError, CudaStream, PinnedBuffer, open_stream
 
 if TYPE_CHECKING:
@@ -52,6 +59,7 @@ class TensorRTBackend:
             check_compatibility(self.info, self.path, EngineTarget(trt.__version__, gpu.name, gpu.compute_capability))
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
+            self._set_dla_core(trt.__version__)
             engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
             if engine is None:
                 raise ModelError(
@@ -77,6 +85,15 @@ class TensorRTBackend:
         self._input_shapes: dict[str, tuple[int, ...]] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}  # inputs and outputs, as bound to the buffers
         self._graph: Any | None = None
+
+    def _set_dla_core(self, version: str) -> None:
+        """Put a DLA engine on the core it was built for; without this TensorRT loads it onto core 0."""
+        core = self.info.extra.get("tensorrt", {}).get("build_options", {}).get("dla_core")
+        if core is None:
+            return
+        if not has_dla(version):
+            raise ModelError(f"engine {self.path} runs on DLA core {core}, and TensorRT {version} has no DLA support")
+        self._runtime.DLA_core = int(core)
 
     def _check_tensors(self) -> None:
         """Fail at load time, naming the engine, if its tensors are not the ones its sidecar promises."""

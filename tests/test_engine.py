@@ -32,11 +32,13 @@ from poet.optimize.engine import (
     precision_shortfall,
     profile_shapes,
 )
+from poet.optimize.tensorrt_check import GraphCheckError
 from poet.processing import PreprocessConfig
 from poet.runtime.compat import (
     EngineCompatibilityError,
     EngineTarget,
     TensorRTUnavailable,
+    TensorRTVersionError,
     check_compatibility,
     read_sidecar,
     require_tensorrt,
@@ -143,8 +145,8 @@ def test_build_engine_cli_without_tensorrt_writes_the_onnx_and_prints_the_target
     lines = capsys.readouterr().err.strip().splitlines()
     command = f"poet-build-engine {onnx_path} --fp32 --max-batch 2 -o {engine}"
     assert lines[-1] == (
-        f"error: TensorRT is needed for the engine and is not installed here; {onnx_path} is ready: "
-        f"on the target device run {command}"
+        f"error: TensorRT is needed for the engine and is not installed here; {onnx_path} is ready and passes the "
+        f"TensorRT graph check: on the target device run {command}"
     )
 
     # That command, run where TensorRT is missing too, builds from the ONNX as it is: nothing new is written.
@@ -317,6 +319,7 @@ class FakeTensorRT(types.ModuleType):
         self.__file__ = "fake/tensorrt/__init__.py"
         self.__version__ = "10.3.0"
         fake = self
+        self.dla_cores_at_load: list[int] = []
         self.networks: list = []
         self.configs: list = []
         self.profiles: list = []
@@ -418,10 +421,13 @@ class FakeTensorRT(types.ModuleType):
                 return None if build_fails else b"serialized engine"
 
         class Runtime:
+            DLA_core = -1  # TensorRT's default: the engine lands on core 0
+
             def __init__(self, logger) -> None:
                 pass
 
             def deserialize_cuda_engine(self, data: bytes):
+                fake.dla_cores_at_load.append(self.DLA_core)
                 inspector = types.SimpleNamespace(get_engine_information=lambda fmt: layers_json)
                 return types.SimpleNamespace(create_engine_inspector=lambda: inspector)
 
@@ -477,10 +483,12 @@ def test_build_engine_fixed_batch_needs_no_profile(fake_trt, tmp_path):
 
 def test_build_engine_on_dla_with_gpu_fallback(fake_trt, tmp_path):
     trt = fake_trt(inspector_json("Int8 NC/32HW32", "Row major linear FP32"))
-    build_engine(make_onnx(tmp_path / "m.onnx", precision="int8"), tmp_path / "m.engine", dla_core=1, progress=False)
+    onnx_path = make_onnx(tmp_path / "m.onnx", precision="int8", batch=1)
+    build_engine(onnx_path, tmp_path / "m.engine", dla_core=1, progress=False)
     config = trt.configs[0]
     assert config.default_device_type == trt.DeviceType.DLA and config.DLA_core == 1
     assert config.flags == {trt.BuilderFlag.GPU_FALLBACK}
+    assert trt.dla_cores_at_load == [1]  # the inspector's engine is loaded onto the core it was built for
     assert read_sidecar(tmp_path / "m.engine").extra["tensorrt"]["build_options"]["dla_core"] == 1
     with pytest.raises(EngineBuildError, match="DLA core 2 does not exist: this device has 2 DLA cores"):
         build_engine(tmp_path / "m.onnx", tmp_path / "other.engine", dla_core=2, progress=False)
@@ -556,3 +564,58 @@ def test_unwritable_engine_folder_fails_before_building(fake_trt, tmp_path):
     with pytest.raises(OutputError, match=r"cannot write .*taken/m\.engine"):
         build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "taken" / "m.engine", progress=False)
     assert trt.networks == []
+
+
+def test_dla_needs_fixed_shapes_and_a_tensorrt_with_dla(fake_trt, tmp_path):
+    trt = fake_trt()
+    dynamic = make_onnx(tmp_path / "dynamic.onnx", precision="int8", max_batch=4)
+    with pytest.raises(EngineBuildError, match=r"DLA needs fixed shapes, and this ONNX has a dynamic batch \(1\.\.4\)"):
+        build_engine(dynamic, tmp_path / "d.engine", dla_core=0, progress=False)
+    trt.__version__ = "11.2.1"
+    with pytest.raises(EngineBuildError, match=r"TensorRT 11\.2\.1 has no DLA support"):
+        build_engine(make_onnx(tmp_path / "fixed.onnx", batch=1), tmp_path / "f.engine", dla_core=0, progress=False)
+    assert trt.networks == [] and not list(tmp_path.glob("*.engine"))
+
+
+def test_dla_refusals_come_before_any_export_in_the_cli(tmp_path, capsys, tiny_checkpoint):
+    engine = tmp_path / "out" / "tiny.engine"
+    argv = [str(tiny_checkpoint), "--int8", "--max-batch", "4", "--dla-core", "0", "-o", str(engine)]
+    assert build_main([*argv, "--calib-images", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: DLA needs fixed shapes")
+    assert not (tmp_path / "out").exists()
+
+
+def test_old_tensorrt_is_one_line_before_any_other_work(monkeypatch, tmp_path, capsys, tiny_checkpoint):
+    """TensorRT 8.6 has neither strongly typed networks nor IProgressMonitor: refused before the export starts."""
+    old = types.ModuleType("tensorrt")
+    old.__file__ = "site-packages/tensorrt/__init__.py"
+    old.__version__ = "8.6.1"
+    monkeypatch.setitem(sys.modules, "tensorrt", old)
+    engine = tmp_path / "out" / "tiny.engine"
+    assert build_main([str(tiny_checkpoint), "--fp16", "-o", str(engine), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: TensorRT 8.6.1 is installed (site-packages/tensorrt/__init__.py) but poet-edge")
+    assert "TensorRT 10.0 or newer" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(TensorRTVersionError, match="TensorRT 8.6.1 is installed"):
+        build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", progress=False)
+
+
+def test_a_graph_tensorrt_would_refuse_is_stopped_before_the_builder(fake_trt, tmp_path):
+    trt = fake_trt()
+    path = make_onnx(tmp_path / "m.onnx")
+    model = onnx.load(path)
+    model.graph.node.append(helper.make_node("Unique", ["images"], ["unique_out"], name="odd_one"))
+    onnx.save(model, path)
+    with pytest.raises(GraphCheckError, match=r"m\.onnx would not parse in TensorRT: .*node 'odd_one' \(Unique\)"):
+        build_engine(path, tmp_path / "m.engine", progress=False)
+    assert trt.networks == []
+
+
+def test_max_batch_on_a_fixed_batch_onnx_is_refused_at_once(tmp_path, capsys):
+    fixed = make_onnx(tmp_path / "fixed.onnx", batch=1)
+    assert build_main([str(fixed), "--fp32", "--max-batch", "4", "-o", str(tmp_path / "m.engine")]) == 2
+    assert "fixed.onnx has a fixed batch of 1; --max-batch needs an ONNX exported with a dynamic batch" in (
+        capsys.readouterr().err
+    )

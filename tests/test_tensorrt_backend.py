@@ -112,6 +112,7 @@ class FakeTensorRT(types.ModuleType):
         self.__file__ = "fake/tensorrt/__init__.py"
         self.__version__ = version
         self.deserialized = self.executions = 0
+        self.dla_cores_at_load: list[int] = []
         fake = self
 
         class Context:
@@ -171,10 +172,13 @@ class FakeTensorRT(types.ModuleType):
                 return self.context
 
         class Runtime:
+            DLA_core = -1  # TensorRT's default: a DLA engine lands on core 0
+
             def __init__(self, logger) -> None:
                 pass
 
             def deserialize_cuda_engine(self, data: bytes):
+                fake.dla_cores_at_load.append(self.DLA_core)
                 fake.deserialized += 1
                 fake.engine = Engine() if data == b"engine" else None
                 return fake.engine
@@ -186,7 +190,9 @@ class FakeTensorRT(types.ModuleType):
         return np.bool_ if dtype == FakeTensorRT.DataType.BOOL else np.float32
 
 
-def sidecar_info(version: str = "10.3.0", capability: str = "8.7", decoded: bool = False) -> ModelInfo:
+def sidecar_info(
+    version: str = "10.3.0", capability: str = "8.7", decoded: bool = False, dla_core: int | None = None
+) -> ModelInfo:
     return ModelInfo(
         preprocess=PreprocessConfig(input_size=(SIZE, SIZE)),
         num_queries=QUERIES,
@@ -196,7 +202,12 @@ def sidecar_info(version: str = "10.3.0", capability: str = "8.7", decoded: bool
         decoded=decoded,
         extra={
             "onnx": {"path": "model.fp16.onnx"},
-            "tensorrt": {"version": version, "gpu_name": "Orin", "compute_capability": capability},
+            "tensorrt": {
+                "version": version,
+                "gpu_name": "Orin",
+                "compute_capability": capability,
+                "build_options": {"dla_core": dla_core},
+            },
         },
     )
 
@@ -274,15 +285,30 @@ def test_cuda_graph_replays_a_repeated_shape_and_is_recaptured_on_a_new_one(fake
     assert cuda.launches == 3
 
 
-def test_failed_graph_capture_falls_back_to_plain_execution(fakes, engine_file, caplog):
+def test_failed_graph_capture_warns_once_and_falls_back_to_plain_execution(fakes, engine_file, caplog):
     trt, cuda = fakes(graphs_work=False)
     backend = TensorRTBackend(engine_file(), cuda_graph=True)
     with caplog.at_level(logging.WARNING):
-        for seed in range(3):
-            images, mask = batch(2, seed)
+        for count, seed in ((2, 0), (2, 1), (1, 2), (1, 3), (2, 4)):
+            images, mask = batch(count, seed)
             assert_outputs(backend.infer(images, mask), images, mask)
-    assert "CUDA graph capture failed" in caplog.text
-    assert not backend.cuda_graph and cuda.launches == 0 and trt.executions == 3
+    assert caplog.text.count("CUDA graph capture failed") == 1
+    assert trt.executions == 5 and cuda.launches == 0
+
+
+def test_dla_engine_is_loaded_onto_its_core(fakes, engine_file):
+    trt, _ = fakes()
+    TensorRTBackend(engine_file(sidecar_info(dla_core=1)))
+    TensorRTBackend(engine_file(sidecar_info()))
+    assert trt.dla_cores_at_load == [1, -1]
+
+
+def test_dla_engine_on_a_tensorrt_without_dla_is_refused(fakes, engine_file):
+    trt, cuda = fakes()
+    trt.__version__ = "11.3.0"
+    with pytest.raises(ModelError, match=r"runs on DLA core 0, and TensorRT 11\.3\.0 has no DLA support"):
+        TensorRTBackend(engine_file(sidecar_info(version="11.3.0", dla_core=0)))
+    assert trt.deserialized == 0 and cuda.closed
 
 
 def test_inputs_that_do_not_fit_the_engine_are_refused(fakes, engine_file):
