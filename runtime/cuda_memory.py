@@ -165,21 +165,31 @@ class CudaPythonStream(CudaStream):
         self._check(self._rt.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
     def capture_graph(self, enqueue: Callable[[], bool]) -> Any | None:
+        """Capture thread-locally (as trtexec does: other threads' CUDA calls are not disturbed); on any failure
+        the capture is ended and CUDA's last error cleared, so the plain enqueue that follows still works."""
         rt = self._rt
-        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
-        if rt.cudaStreamBeginCapture(self._stream, mode)[0] != rt.cudaError_t.cudaSuccess:
+        success = rt.cudaError_t.cudaSuccess
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        if rt.cudaStreamBeginCapture(self._stream, mode)[0] != success:
+            rt.cudaGetLastError()
             return None
+        queued = False
         try:
             queued = enqueue()
         finally:
             error, graph = rt.cudaStreamEndCapture(self._stream)
-        if not queued or error != rt.cudaError_t.cudaSuccess:
-            if graph is not None and error == rt.cudaError_t.cudaSuccess:
-                rt.cudaGraphDestroy(graph)
+            if not queued or error != success:
+                if error == success and graph is not None:
+                    rt.cudaGraphDestroy(graph)
+                rt.cudaGetLastError()
+        if not queued or error != success:
             return None
         error, graph_exec = rt.cudaGraphInstantiate(graph, 0)
         rt.cudaGraphDestroy(graph)
-        return graph_exec if error == rt.cudaError_t.cudaSuccess else None
+        if error != success:
+            rt.cudaGetLastError()
+            return None
+        return graph_exec
 
     def launch_graph(self, graph: Any) -> None:
         self._check(self._rt.cudaGraphLaunch(graph, self._stream), "cudaGraphLaunch")

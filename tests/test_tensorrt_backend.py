@@ -430,3 +430,80 @@ def test_buffers_are_freed_in_any_order():
     assert list(cuda.memory) == [buffers[1].device]
     cuda.close()
     assert cuda.memory == {} and cuda.closed
+
+
+class FakeCudart:
+    """The cuda-python runtime calls CudaPythonStream makes, with a capture that can be made to fail."""
+
+    class cudaError_t(IntEnum):
+        cudaSuccess = 0
+        cudaErrorStreamCaptureUnsupported = 900
+        cudaErrorStreamCaptureInvalidated = 901
+
+    class cudaStreamCaptureMode(IntEnum):
+        cudaStreamCaptureModeGlobal = 0
+        cudaStreamCaptureModeThreadLocal = 1
+        cudaStreamCaptureModeRelaxed = 2
+
+    cudaStreamNonBlocking = 1
+
+    def __init__(self, capture_fails: bool) -> None:
+        self.capture_fails = capture_fails
+        self.last_error = self.cudaError_t.cudaSuccess
+        self.modes: list[int] = []
+        self.capturing = False
+
+    def cudaGetDeviceCount(self):
+        return (self.cudaError_t.cudaSuccess, 1)
+
+    def cudaGetDeviceProperties(self, device):
+        return (self.cudaError_t.cudaSuccess, types.SimpleNamespace(name=b"Orin", major=8, minor=7))
+
+    def cudaSetDevice(self, device):
+        return (self.cudaError_t.cudaSuccess,)
+
+    def cudaStreamCreateWithFlags(self, flags):
+        return (self.cudaError_t.cudaSuccess, 77)
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        self.modes.append(mode)
+        self.capturing = True
+        return (self.cudaError_t.cudaSuccess,)
+
+    def cudaStreamEndCapture(self, stream):
+        self.capturing = False
+        if self.capture_fails:  # e.g. a loop the 10.3 parser built for CumSum that cannot be captured
+            self.last_error = self.cudaError_t.cudaErrorStreamCaptureInvalidated
+            return (self.last_error, None)
+        return (self.cudaError_t.cudaSuccess, "graph")
+
+    def cudaGraphInstantiate(self, graph, flags):
+        return (self.cudaError_t.cudaSuccess, "graph-exec")
+
+    def cudaGraphDestroy(self, graph):
+        return (self.cudaError_t.cudaSuccess,)
+
+    def cudaGetLastError(self):
+        error, self.last_error = self.last_error, self.cudaError_t.cudaSuccess
+        return (error,)
+
+
+def test_cuda_python_capture_is_thread_local_and_a_failure_clears_the_error():
+    from poet.runtime.cuda_memory import CudaPythonStream
+
+    working = FakeCudart(capture_fails=False)
+    assert CudaPythonStream(working, 0).capture_graph(lambda: True) == "graph-exec"
+    assert working.modes == [FakeCudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal]
+
+    failing = FakeCudart(capture_fails=True)
+    stream = CudaPythonStream(failing, 0)
+    assert stream.capture_graph(lambda: True) is None
+    assert failing.last_error == FakeCudart.cudaError_t.cudaSuccess and not failing.capturing
+    assert CudaPythonStream(working, 0).capture_graph(lambda: False) is None  # TensorRT refused to enqueue
+
+    def enqueue_raises() -> bool:
+        raise CudaError("CUDA cudaMemcpyAsync failed")
+
+    with pytest.raises(CudaError):
+        stream.capture_graph(enqueue_raises)
+    assert not failing.capturing and failing.last_error == FakeCudart.cudaError_t.cudaSuccess
