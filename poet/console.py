@@ -183,17 +183,30 @@ def _command_of(main: Callable[..., int]) -> tuple[str, tuple[str, ...]]:
     return main.__module__, ()
 
 
+def os_error_line(error: OSError) -> str:
+    """An OSError as one line naming the path (a disk full, a read-only folder, a path that is a folder)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    if not paths:
+        return reason
+    return f"{' -> '.join(paths)}: {reason}"
+
+
 def _guarded(call: Callable[[], int], user: str, extras: Sequence[str]) -> int:
     """Run ``call`` inside the boundary: user errors become one ``error:`` line and exit code 2, Ctrl-C exit 130.
 
-    A module that an extra would bring counts as a user error (install that extra); any other exception is
-    a bug and keeps its traceback.
+    User errors are PoetError, an OSError (a full disk, a read-only folder: the machine's state, not a bug)
+    and a module that an extra would bring (install that extra); any other exception is a bug and keeps its
+    traceback.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         return call()
     except PoetError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {os_error_line(error)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:
         line = missing_extra(error, user, extras)

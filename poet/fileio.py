@@ -7,8 +7,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from poet.errors import OutputError
@@ -20,24 +20,73 @@ os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 
 
+# Temporary files are named ``.<target name>.poet-tmp-<pid>-<random>.tmp<suffix>``: hidden, next to the file they
+# become, and carrying the writer's process id so a later write can tell a killed run's leftovers from a live one's.
+_TMP_MARK = ".poet-tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete the temporary files a killed writer of ``target`` left (their process is gone); returns them."""
+    removed = []
+    prefix = f".{target.name}{_TMP_MARK}"
+    with contextlib.suppress(OSError):
+        for candidate in target.parent.glob(f"{glob_escape(prefix)}*"):
+            pid_text = candidate.name[len(prefix) :].split("-", 1)[0]
+            if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
+                with contextlib.suppress(OSError):
+                    candidate.unlink()
+                    removed.append(candidate)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters taken literally (file names may hold ``[`` or ``*``)."""
+    return "".join(f"[{char}]" if char in "*?[" else char for char in text)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temp file lives in the same folder so the final ``os.replace`` is atomic on POSIX, and an
-    interrupted or failed write leaves any previous file at ``path`` untouched.
+    interrupted or failed write leaves any previous file at ``path`` untouched. Leftovers of a killed
+    earlier writer of the same file are removed first. An OSError while writing (a full disk, a
+    read-only folder) becomes an :class:`OutputError` naming ``path``, not the temporary file.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        prefix = f".{target.name}{_TMP_MARK}{os.getpid()}-"
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp" + target.suffix, dir=target.parent)
+    except OSError as error:
+        raise OutputError(f"cannot write {target}: {error.strerror or error}") from None
     os.close(fd)
     tmp = Path(tmp_name)
-    tmp.chmod(_FILE_MODE)
     try:
-        yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        tmp.chmod(_FILE_MODE)
+        try:
+            yield tmp
+        except OSError as error:
+            if error.filename not in (None, tmp_name, str(tmp)):
+                raise
+            raise OutputError(f"cannot write {target}: {error.strerror or error}") from None
+        try:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except OSError as error:
+            raise OutputError(f"cannot write {target}: {error.strerror or error}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -65,6 +114,35 @@ def check_writable(path: str | Path) -> None:
             pass
     except OSError as error:
         raise OutputError(f"cannot write {target}: {folder} is not writable ({error.strerror or error})") from None
+
+
+def check_not_input(output: str | Path, *inputs: str | Path | None) -> None:
+    """Refuse an output path that is one of the inputs (symlinks and relative paths resolved): never overwrite input."""
+    target = Path(output).resolve()
+    for source in inputs:
+        if source is not None and Path(source).exists() and Path(source).resolve() == target:
+            raise OutputError(f"cannot write {output}: it is the input {source}; give another output path")
+
+
+def unique_names(files: Sequence[str]) -> list[str]:
+    """Output names for input names, distinct even on a case-insensitive disk (``Y.jpg`` and ``y.jpg``).
+
+    Names already distinct ignoring case are kept; a later name equal to an earlier one but for case gets
+    ``-2`` (``-3``...) before its suffix, never the name of another input.
+    """
+    reserved = {name.casefold() for name in files}
+    used: set[str] = set()
+    names = []
+    for name in files:
+        chosen = name
+        if chosen.casefold() in used:
+            path = PurePosixPath(name)
+            number = 2
+            while (chosen := str(path.with_stem(f"{path.stem}-{number}"))).casefold() in used | reserved:
+                number += 1
+        used.add(chosen.casefold())
+        names.append(chosen)
+    return names
 
 
 def sha256_file(path: str | Path) -> str:
