@@ -2,7 +2,11 @@
 
 Images kept are those with at least one annotation (the authors' rule). Bad entries never stop an
 epoch: images whose annotations are all crowd (quirk #12, which crashes the authors' code), files
-that are missing or unreadable are skipped, counted, and reported.
+that are missing or unreadable, and images with an unusable annotation (NaN or missing keypoints, a
+short box: each is named by :func:`poet.evaluation.check_coco_keypoints`) are skipped, counted, and
+reported. The whole image goes, not only the bad annotation, so its person is never taught as
+background. A file that is wrong as a whole (duplicate ids, annotations of unlisted images) stops
+before training, as evaluation does.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from poet.errors import DatasetError, ImageError
-from poet.evaluation import load_coco_keypoints
+from poet.evaluation import read_coco_keypoints
 from poet.images import read_image
 from poet.processing import PreprocessConfig, fit_size, normalize, pad_batch
 from poet.train.targets import encode_targets, people_from_coco
@@ -91,7 +95,16 @@ class CocoKeypoints(Dataset[Sample | None]):
         self.images_dir = Path(images_dir)
         if not self.images_dir.is_dir():
             raise DatasetError(f"image folder {self.images_dir} not found")
-        coco = load_coco_keypoints(self.annotation_file)
+        coco, self.bad_annotations = read_coco_keypoints(self.annotation_file, skip_bad_annotations=True)
+        if self.bad_annotations:
+            logger.warning(
+                "%s: skipped %d bad annotation%s and the images they are in (first: %s)",
+                self.annotation_file,
+                len(self.bad_annotations),
+                "" if len(self.bad_annotations) == 1 else "s",
+                self.bad_annotations[0],
+            )
+        with_bad_annotations = {bad.image_id for bad in self.bad_annotations}
         self.preprocess = preprocess
         self.transform = transform
         self.seed = seed
@@ -101,7 +114,9 @@ class CocoKeypoints(Dataset[Sample | None]):
         for image_id in sorted(coco.getImgIds()):
             info = coco.imgs[image_id]
             annotations_of_image = coco.imgToAnns.get(image_id, [])
-            if not annotations_of_image:
+            if image_id in with_bad_annotations:
+                self.skipped.add("with bad annotations", info["file_name"])
+            elif not annotations_of_image:
                 self.skipped.add("without people", info["file_name"])
             elif all(a.get("iscrowd", 0) for a in annotations_of_image):
                 self.skipped.add("with crowd annotations only", info["file_name"])
@@ -136,6 +151,11 @@ class CocoKeypoints(Dataset[Sample | None]):
         else:
             image, people = resize(image, people, fit_size(original_size, self.preprocess.input_size))
         labels, keypoints = encode_targets(people, image.shape[:2])
+        if not np.isfinite(keypoints).all():
+            # Checked annotations are finite, but coordinates beyond float32 (1e39) are not once encoded:
+            # never hand the matcher a NaN or an infinity.
+            logger.warning("skipping %s: keypoints too large to encode (not finite as float32)", path)
+            return None
         target = {
             "labels": torch.from_numpy(labels),
             "keypoints": torch.from_numpy(keypoints),

@@ -31,9 +31,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from poet.checkpoint import read_checkpoint, save_checkpoint
+from poet.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from poet.errors import DatasetError, PoetError
-from poet.evaluation import coco_split_paths
+from poet.evaluation import coco_split_paths, load_coco_keypoints
 from poet.fileio import atomic_path
 from poet.model import POET, load_backbone_weights
 from poet.runner import evaluate_model
@@ -141,7 +141,7 @@ def build_model_for_training(config: TrainConfig) -> POET:
         if architecture != config.model_config():
             logger.info("fine-tuning keeps the architecture of %s: %s", config.finetune, architecture)
         model = POET(architecture, config.preprocess())
-        model.load_state_dict(source.state_dict)
+        load_weights(model, source.state_dict, config.finetune)
         return model
     model = POET(config.model_config(), config.preprocess())
     if config.backbone_weights:
@@ -230,6 +230,8 @@ class Trainer:
         if self.val_paths and not self.val_paths[0].is_file():
             logger.warning("no validation annotations at %s: OKS AP will not be measured", self.val_paths[0])
             self.val_paths = None
+        if self.val_paths:
+            load_coco_keypoints(self.val_paths[0])  # a broken file fails now, not after the first epoch
         transform = TrainTransform(
             tuple(config.preprocess().input_size), config.flip_prob, config.crop_prob, config.min_scale
         )
@@ -320,7 +322,7 @@ class Trainer:
                 f"{path} cannot resume training: it lacks {', '.join(missing)} "
                 "(use --finetune to start from its weights)"
             )
-        self.model.load_state_dict(checkpoint.state_dict)
+        load_weights(self.model, checkpoint.state_dict, path)
         if self.encoder_head is not None:
             if "encoder_head" not in state:
                 raise PoetError(
