@@ -19,13 +19,14 @@ Tensor contract of every exported model:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poet.errors import ModelError
-from poet.processing import PreprocessConfig
+from poet.processing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 if TYPE_CHECKING:
     import onnx
@@ -104,30 +105,128 @@ class ModelInfo:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        """Inverse of :meth:`to_dict`; raises ``ValueError`` naming the first missing or bad field."""
+    def from_dict(cls, data: Any) -> ModelInfo:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` naming the first missing or bad field.
+
+        Every field is checked for its type and range (booleans are not numbers, numbers are finite), and
+        the fields for their agreement (a fixed ``batch`` is also ``max_batch``; ``outputs`` are those
+        ``decoded`` says), so a hand-edited or damaged file fails here, naming the field, and not later.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"model info must be a JSON object, got {_describe(data)}")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if isinstance(version, bool) or version != FORMAT_VERSION:
             raise ValueError(f"model info format_version {version!r} is not the supported {FORMAT_VERSION}")
-        try:
-            return cls(
-                preprocess=PreprocessConfig.from_dict(data["preprocess"]),
-                num_queries=int(data["num_queries"]),
-                input_format=str(data["input_format"]),
-                batch=None if data["batch"] is None else int(data["batch"]),
-                max_batch=int(data["max_batch"]),
-                precision=str(data["precision"]),
-                target=data.get("target"),
-                decoded=bool(data["decoded"]),
-                float_ops=tuple(str(op) for op in data.get("float_ops", ())),
-                extra=dict(data.get("extra", {})),
-            )
-        except KeyError as error:
-            raise ValueError(f"model info lacks the field {error.args[0]!r}") from None
+        missing = [name for name in _REQUIRED if name not in data]
+        if missing:
+            raise ValueError(f"model info lacks the field {missing[0]!r}")
+        preprocess = preprocess_from_dict(data["preprocess"], "preprocess")
+        num_queries = _whole(data["num_queries"], "num_queries", 1)
+        input_format = _choice(data["input_format"], "input_format", INPUT_FORMATS)
+        batch = None if data["batch"] is None else _whole(data["batch"], "batch (null for a dynamic batch)", 1)
+        max_batch = _whole(data["max_batch"], "max_batch", 1)
+        if batch is not None and max_batch != batch:
+            raise ValueError(f"batch {batch} is fixed, so max_batch must be {batch} too, got {max_batch}")
+        precision = _choice(data["precision"], "precision", PRECISIONS)
+        target = data.get("target")
+        if target is not None:
+            target = _choice(target, "target (null unless int8)", INT8_TARGETS)
+        decoded = data["decoded"]
+        if not isinstance(decoded, bool):
+            raise ValueError(f"decoded must be true or false, got {_describe(decoded)}")
+        float_ops = data.get("float_ops", [])
+        if not isinstance(float_ops, list) or not all(isinstance(op, str) for op in float_ops):
+            raise ValueError(f"float_ops must be a list of op type names, got {_describe(float_ops)}")
+        extra = data.get("extra", {})
+        if not isinstance(extra, Mapping):
+            raise ValueError(f"extra must be a JSON object, got {_describe(extra)}")
+        expected = {"inputs": [IMAGES, MASK], "outputs": list(DECODED_OUTPUTS if decoded else RAW_OUTPUTS)}
+        for name, names in expected.items():
+            if name in data and data[name] != names:
+                raise ValueError(f"{name} must be {names} (decoded is {str(decoded).lower()}), got {data[name]!r}")
+        return cls(
+            preprocess=preprocess,
+            num_queries=num_queries,
+            input_format=input_format,
+            batch=batch,
+            max_batch=max_batch,
+            precision=precision,
+            target=target,
+            decoded=decoded,
+            float_ops=tuple(float_ops),
+            extra=dict(extra),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> ModelInfo:
-        return cls.from_dict(json.loads(text))
+        """:meth:`from_dict` of a JSON text; ValueError (one line, with the position) for text that is not JSON."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            where = f"line {error.lineno} column {error.colno}"
+            raise ValueError(f"model info is not valid JSON ({error.msg} at {where})") from None
+        return cls.from_dict(data)
+
+
+_REQUIRED = ("preprocess", "num_queries", "input_format", "batch", "max_batch", "precision", "decoded")
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    if value is None or isinstance(value, (bool, int, float)):
+        return text
+    return f"{text} (a {'string' if isinstance(value, str) else type(value).__name__})"
+
+
+def _whole(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be a whole number of at least {minimum}, got {_describe(value)}")
+    return value
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices or not isinstance(value, str):
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {_describe(value)}")
+    return value
+
+
+def _numbers(value: Any, name: str, count: int) -> tuple[float, ...]:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != count
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value)
+    ):
+        raise ValueError(f"{name} must be {count} finite numbers, got {_describe(value)}")
+    return tuple(float(v) for v in value)
+
+
+def preprocess_from_dict(data: Any, name: str = "preprocess") -> PreprocessConfig:
+    """A :class:`PreprocessConfig` from its dict (in model info or a checkpoint), every field checked.
+
+    ValueError names the field (``name.input_size`` ...): ``input_size`` two whole numbers of at least 32
+    (height, width), ``mean`` and ``std`` three finite numbers each (std above 0); the last two default to
+    ImageNet's.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{name} must be an object with input_size, mean and std, got {_describe(data)}")
+    if "input_size" not in data:
+        raise ValueError(f"{name} lacks the field 'input_size'")
+    size = data["input_size"]
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 32 for v in size)
+    ):
+        raise ValueError(
+            f"{name}.input_size must be two whole numbers of at least 32 (height, width), got {_describe(size)}"
+        )
+    mean = _numbers(data.get("mean", list(IMAGENET_MEAN)), f"{name}.mean", 3)
+    std = _numbers(data.get("std", list(IMAGENET_STD)), f"{name}.std", 3)
+    if min(std) <= 0:
+        raise ValueError(f"{name}.std must be above 0 (it divides), got {list(std)}")
+    return PreprocessConfig(input_size=(size[0], size[1]), mean=mean, std=std)  # type: ignore[arg-type]
 
 
 def info_from_metadata(metadata: Mapping[str, str], source: str | Path) -> ModelInfo:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from poet.errors import ModelError
-from poet.modelinfo import IMAGES, MASK, UINT8_NHWC, ModelInfo, info_from_metadata
+from poet.modelinfo import DECODED_OUTPUTS, IMAGES, MASK, UINT8_NHWC, ModelInfo, info_from_metadata
 
 # File suffix -> backend name; "auto" looks the model's suffix up here.
 BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -62,7 +62,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
         except Exception as error:  # ORT raises its own exception types for unreadable, invalid or unsupported files
-            raise ModelError(f"{self.path} is not a loadable ONNX model: {error}") from None
+            raise ModelError(f"{self.path} is not a loadable ONNX model: {_load_failure(self.path, error)}") from None
         self.info = info_from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.max_batch = self.info.batch or self.info.max_batch
         self._check_inputs()
@@ -74,22 +74,87 @@ class OnnxRuntimeBackend:
         return list(self.session.get_providers())
 
     def _check_inputs(self) -> None:
-        """Fail at load time, naming the file, if the graph's inputs disagree with its own metadata."""
+        """Fail at load time, naming the file, if the graph's inputs or outputs disagree with its own metadata.
+
+        Element types, ranks and every fixed dimension are compared with what the metadata promises (input
+        size, layout, batch, number of queries), so a mismatched file fails here and not on its first frame.
+        Symbolic dimensions (a dynamic batch) are accepted where the metadata's batch can take them.
+        """
         inputs = {node.name: node for node in self.session.get_inputs()}
         if set(inputs) != {IMAGES, MASK}:
             raise ModelError(f"{self.path} has inputs {sorted(inputs)}; a poet-edge model has {IMAGES!r} and {MASK!r}")
-        expected_type = "tensor(uint8)" if self.info.input_format == UINT8_NHWC else "tensor(float)"
-        if inputs[IMAGES].type != expected_type:
-            raise ModelError(
-                f"{self.path}: input {IMAGES!r} is {inputs[IMAGES].type} but its metadata says {self.info.input_format}"
-            )
-        missing = set(self.info.output_names) - {node.name for node in self.session.get_outputs()}
+        info = self.info
+        height, width = info.preprocess.input_size
+        batch: int | str = info.batch if info.batch is not None else f"batch<={info.max_batch}"
+        if info.input_format == UINT8_NHWC:
+            images_type, images_shape = "tensor(uint8)", [batch, height, width, 3]
+        else:
+            images_type, images_shape = "tensor(float)", [batch, 3, height, width]
+        expected = {IMAGES: (images_type, images_shape), MASK: ("tensor(bool)", [batch, height, width])}
+        for name, (kind, shape) in expected.items():
+            node = inputs[name]
+            if node.type != kind:
+                raise ModelError(
+                    f"{self.path}: input {name!r} is {node.type} {_shape_text(node.shape)} but its metadata says "
+                    f"{kind} {_shape_text(shape)} ({info.input_format})"
+                )
+            self._check_shape("input", name, node.shape, shape)
+        outputs = {node.name: node for node in self.session.get_outputs()}
+        missing = set(info.output_names) - set(outputs)
         if missing:
             raise ModelError(f"{self.path} lacks the outputs {sorted(missing)} its metadata promises")
+        queries = info.num_queries
+        if info.output_names == DECODED_OUTPUTS:
+            promised = {"scores": [batch, queries], "keypoints": [batch, queries, 17, 3]}
+        else:
+            promised = {"pred_logits": [batch, queries, 3], "pred_kpts": [batch, queries, 53]}
+        for name, shape in promised.items():
+            # The outputs' batch dimension is not compared: the runtime keeps the rows of the images it gave.
+            self._check_shape("output", name, outputs[name].shape, shape, skip_batch=True)
+
+    def _check_shape(
+        self, role: str, name: str, actual: Sequence[Any] | None, expected: list[Any], skip_batch: bool = False
+    ) -> None:
+        """The graph's ``actual`` shape (ints, symbolic names or None) against the metadata's ``expected``."""
+        if not actual:  # no shape recorded in the graph: nothing to compare
+            return
+        problem = len(actual) != len(expected)
+        for index, (have, want) in enumerate(zip(actual, expected, strict=False)):
+            if problem or not isinstance(have, int) or (skip_batch and index == 0):
+                continue
+            if index == 0 and isinstance(want, str):  # the metadata's batch is dynamic: a fixed one fits only 1
+                problem = not (self.info.max_batch == 1 and have == 1)
+            else:
+                problem = have != want
+        if problem:
+            raise ModelError(
+                f"{self.path}: {role} {name!r} has shape {_shape_text(actual)} in the graph but its metadata "
+                f"says {_shape_text(expected)}"
+            )
 
     def infer(self, images: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.output_names, {IMAGES: images, MASK: mask})
         return dict(zip(self.output_names, outputs, strict=True))
+
+
+def _shape_text(shape: Sequence[Any] | None) -> str:
+    """``[2, 3, 64, 64]``, with symbolic dimensions by name and unknown ones as ``?``."""
+    if shape is None:
+        return "[?]"
+    return "[" + ", ".join("?" if dim is None else str(dim) for dim in shape) + "]"
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """Why ONNX Runtime could not open ``path``, in one line (a PyTorch checkpoint given instead is named as one)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        head = b""
+    if head == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "it is a PyTorch checkpoint (torch.save file), not an ONNX model; export it with poet-export"
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def auto_providers(available: Sequence[str]) -> list[str]:

@@ -185,16 +185,124 @@ def test_config_file_and_flags(tmp_path):
     config = parse_config(["--config", str(tmp_path / "recipe.yaml"), "--lr", "0.001"])
     assert (config.epochs, config.lr, config.input_size) == (7, 0.001, [192, 160])
     assert parse_config(["--config", str(tmp_path / "recipe.toml")]).batch_size == 6
+    # PyYAML reads 1e-4 (no dot) as a string; it is taken as the number it spells.
+    (tmp_path / "exponent.yaml").write_text("lr: 1e-4\nlr_backbone: 0\n")
+    assert parse_config(["--config", str(tmp_path / "exponent.yaml")]).lr == 1e-4
     (tmp_path / "typo.yaml").write_text("epohcs: 3\n")
-    with pytest.raises(PoetError, match="unknown options epohcs"):
+    with pytest.raises(PoetError, match=r"typo\.yaml: unknown option 'epohcs' \(did you mean 'epochs'\?\)"):
         parse_config(["--config", str(tmp_path / "typo.yaml")])
     (tmp_path / "narrow.yaml").write_text("backbone: resnet18\nbackbone_width: 20\n")
-    with pytest.raises(PoetError, match="bad training options: backbone_width must be a positive multiple of 8"):
+    with pytest.raises(PoetError, match=r"narrow\.yaml: backbone_width must be a positive multiple of 8"):
         parse_config(["--config", str(tmp_path / "narrow.yaml")])
-    with pytest.raises(PoetError, match="bad training options: backbone must be one of"):
+    with pytest.raises(PoetError, match="--backbone must be one of"):
         parse_config(["--backbone", "vgg16"])
-    with pytest.raises(PoetError, match="bad training options: encoder_aux_coef must be 0"):
+    with pytest.raises(PoetError, match="--encoder-aux-coef must be 0 or more, got -1.0"):
         parse_config(["--encoder-aux-coef", "-1"])
+
+
+def test_every_bundled_recipe_passes_the_checks():
+    from poet.train.config import bundled_recipes
+
+    for name in bundled_recipes():
+        config = parse_config(["--config", name])
+        assert config.model_config() and config.preprocess()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lr: fast\n", "lr must be a finite number, got 'fast' (a string)"),
+        ("lr: [0.1, 0.2]\n", "lr must be a number, not a list or table, got [0.1, 0.2] (a list)"),
+        ("lr: null\n", "lr must be a number, got null"),
+        ("lr: .nan\n", "lr must be a finite number, got nan"),
+        ("lr: -0.001\n", "lr must be above 0, got -0.001"),
+        ("epochs: true\n", "epochs must be a whole number, got True (a boolean)"),
+        ("epochs: 2.5\n", "epochs must be a whole number, got 2.5"),
+        ("epochs: 0\n", "epochs must be at least 1, got 0"),
+        ("batch_size: 0\n", "batch_size must be at least 1, got 0"),
+        ("batch_size: '8'\n", "batch_size must be a whole number, got '8' (a string)"),
+        ("input_size: 128\n", "input_size must be a list of whole numbers, got 128 (write [128, 128] for a square)"),
+        ("input_size: [128]\n", "input_size must be two whole numbers of at least 32 (height width), got [128]"),
+        ("input_size: [16, 128]\n", "input_size must be two whole numbers of at least 32"),
+        ("input_size: [128.5, 128]\n", "input_size[0] must be a whole number, got 128.5"),
+        ("lr_drops: 5\n", "lr_drops must be a list of whole numbers, got 5 (write [5])"),
+        ("lr_drops: [0]\n", "lr_drops must be epochs of at least 1"),
+        ("flip_prob: 1.5\n", "flip_prob must be a probability from 0 to 1, got 1.5"),
+        ("min_scale: 0\n", "min_scale must be above 0 and at most 1"),
+        ("dropout: 1\n", "dropout must be at least 0 and below 1"),
+        ("amp: 'no'\n", "amp must be true or false, got 'no' (a string)"),
+        ("data: 2017\n", "data must be a string, got 2017 (quote it in the file)"),
+        ("device: gpu\n", "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ("nheads: 7\n", "nheads 7 does not divide hidden_dim 256"),
+        ("nheads: 0\n", "nheads must be at least 1, got 0"),
+        ("backbone: resnet51\n", "got 'resnet51' (did you mean 'resnet50'?)"),
+        ("position_embedding: learned\ninput_size: [2048, 2048]\n", "'learned' has 50 positions a side"),
+        ("learning_rate: 0.1\n", "unknown option 'learning_rate' (did you mean 'lr'?)"),
+        ("lr: 0.1\nepochs: 3\nlr: 0.2\n", "is not valid YAML: the key 'lr' is given twice at line 3, column 1"),
+        ("lr: [0.1\nepochs: 3\n", "is not valid YAML: expected ',' or ']', but got ':' at line 2, column 7"),
+        ("- lr\n- epochs\n", "expected a mapping of option names to values, got ['lr', 'epochs'] (a list)"),
+        ("lr: !!python/object/apply:os.system ['true']\n", "is not valid YAML: could not determine a constructor"),
+    ],
+)
+def test_bad_config_values_are_one_line_naming_the_file_and_option(tmp_path, text, message):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(PoetError) as info:
+        parse_config(["--config", str(path)])
+    line = str(info.value)
+    assert line.startswith(str(path)) and message in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.toml", "lr = \n", r"bad\.toml is not valid TOML: Invalid value \(at line 1, column 6\)"),
+        ("nested.toml", "[model]\nlr = 1\n", r"nested\.toml: unknown option 'model'"),
+        ("epochs.toml", "epochs = 3.0\n", r"epochs\.toml: epochs must be a whole number, got 3.0"),
+    ],
+)
+def test_bad_toml_configs_are_one_line(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(PoetError, match=message) as info:
+        parse_config(["--config", str(tmp_path / name)])
+    assert "\n" not in str(info.value)
+
+
+def test_config_files_that_are_not_text_or_not_files(tmp_path):
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00lr: 1")
+    with pytest.raises(PoetError, match=r"binary\.yaml is not UTF-8 text"):
+        parse_config(["--config", str(tmp_path / "binary.yaml")])
+    with pytest.raises(PoetError, match="is a folder; expected a YAML or TOML file"):
+        parse_config(["--config", str(tmp_path)])
+    with pytest.raises(PoetError, match=r"absent\.yaml not found \(or give a bundled recipe: synthetic-small"):
+        parse_config(["--config", str(tmp_path / "absent.yaml")])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--batch", "0"], "--batch must be at least 1, got 0"),
+        (["--lr", "-1"], "--lr must be above 0, got -1.0"),
+        (["--input-size", "16", "16"], "--input-size must be two whole numbers of at least 32"),
+        (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        (["--nheads", "3"], "the command line: nheads 3 does not divide hidden_dim 256"),
+        (["--config", "synthetic-small", "--nheads", "7"], "recipe synthetic-small and the command line: nheads 7"),
+    ],
+)
+def test_bad_flag_values_name_the_flag(argv, message):
+    with pytest.raises(PoetError, match=message) as info:
+        parse_config(argv)
+    assert "\n" not in str(info.value)
+
+
+def test_poet_train_prints_one_error_line_for_a_bad_config(tmp_path, capsys):
+    from poet.train.cli import main
+
+    (tmp_path / "bad.yaml").write_text("epochs: 0\n")
+    assert main(["--config", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'bad.yaml'}: epochs must be at least 1, got 0\n"
 
 
 def test_sigkill_during_checkpoint_write_leaves_previous_checkpoint_intact(tmp_path, tiny_config):

@@ -3,6 +3,12 @@
 Precedence: built-in defaults < config file < flags. Defaults are the authors' ``main.py`` ones except
 where a field says otherwise. ``--config`` takes a file or the name of a recipe shipped in the package
 (``train/recipes/NAME.yaml``, read through importlib.resources so it works from any install).
+
+Every value is checked before anything runs, whichever way it came: its type (a string, list, null or
+boolean where a number is meant), its range (``epochs`` and ``batch_size`` at least 1, ``lr`` above 0,
+probabilities within 0..1...), and the architecture it adds up to (``nheads`` dividing ``hidden_dim``,
+a known backbone). A bad value is one :class:`PoetError` line naming the file (or the flag), the option
+and what was expected; an unknown option names the closest known one.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import sys
 import types
 import typing
@@ -19,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from poet.errors import PoetError
-from poet.model.config import PoetConfig
+from poet.model.config import POSITION_EMBEDDINGS, RESNET_NAMES, PoetConfig, describe, did_you_mean
 from poet.processing import PreprocessConfig
 
 if sys.version_info >= (3, 11):
@@ -199,27 +207,244 @@ def _config_source(path: str | Path) -> tuple[str, str, str]:
     raise PoetError(f"config file {path} not found (or give a bundled recipe: {', '.join(bundled_recipes())})")
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Options from a YAML (.yaml/.yml) or TOML (.toml) file or a bundled recipe, checked against the known names."""
-    text, suffix, path = _config_source(path)
-    try:
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            import yaml
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    import yaml
 
-            data = yaml.safe_load(text) or {}
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: construct_mapping below says so
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass: Python tags stay refused
+
+
+def _parse_error(error: Exception) -> str:
+    """A YAML or TOML parser's error in one line, with the line and column where it has them."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML (.yaml/.yml) or TOML (.toml) file or a bundled recipe, checked against the known names.
+
+    Values are returned as written; :func:`check_options` checks them.
+    """
+    return _read_config(path)[0]
+
+
+def _read_config(path: str | Path) -> tuple[dict[str, Any], str]:
+    """:func:`read_config_file` and how messages name the file (as given, or ``recipe NAME``)."""
+    if Path(path).is_dir():
+        raise PoetError(f"config file {path} is a folder; expected a YAML or TOML file")
+    try:
+        text, suffix, path = _config_source(path)
+    except UnicodeDecodeError as error:
+        raise PoetError(f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    kind = "TOML" if suffix == ".toml" else "YAML"
+    try:
+        data = tomllib.loads(text) if suffix == ".toml" else (_load_yaml(text) or {})
     except ImportError:
         raise
-    except Exception as error:
-        raise PoetError(f"{path} is not valid {'TOML' if suffix == '.toml' else 'YAML'}: {error}") from error
+    except Exception as error:  # yaml.YAMLError, tomllib.TOMLDecodeError
+        raise PoetError(f"{path} is not valid {kind}: {_parse_error(error)}") from None
     if not isinstance(data, dict):
-        raise PoetError(f"{path}: expected a mapping of option names to values")
+        raise PoetError(f"{path}: expected a mapping of option names to values, got {describe(data)}")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - set(_field_types()))
+    known = list(_field_types())
+    unknown = [key for key in data if key not in known]
     if unknown:
-        raise PoetError(f"{path}: unknown options {', '.join(unknown)} (see poet-train --help)")
-    return data
+        names = "; ".join(
+            f"{key!r} (did you mean {_ALIASES[key]!r}?)" if key in _ALIASES else f"{key!r}{did_you_mean(key, known)}"
+            for key in unknown
+        )
+        plural = "s" if len(unknown) > 1 else ""
+        raise PoetError(f"{path}: unknown option{plural} {names} (poet-train --help lists them)")
+    return data, path
+
+
+# Names a config file may use for an option under another name (the authors' main.py flags, plain English).
+_ALIASES = {"learning_rate": "lr", "fp16": "amp", "coco_path": "data", "no_aux_loss": "aux_loss", "batch": "batch_size"}
+
+# Ranges, by option. Counts are at least 1 (None, where allowed, means unset).
+_AT_LEAST_1 = (
+    "epochs",
+    "batch_size",
+    "hidden_dim",
+    "nheads",
+    "enc_layers",
+    "dec_layers",
+    "dim_feedforward",
+    "num_queries",
+    "backbone_width",
+    "eval_limit",
+    "threads",
+    "max_steps_per_epoch",
+)
+_AT_LEAST_0 = (
+    "eval_every",
+    "num_workers",
+    "seed",
+    "lr_backbone",
+    "weight_decay",
+    "clip_max_norm",
+    "set_cost_class",
+    "set_cost_kpts",
+    "set_cost_ctrs",
+    "set_cost_deltas",
+    "set_cost_kpts_class",
+    "kpts_loss_coef",
+    "ctrs_loss_coef",
+    "deltas_loss_coef",
+    "kpts_class_loss_coef",
+    "eos_coef",
+    "encoder_aux_coef",
+)
+_ABOVE_0 = ("lr", "lr_gamma")
+_PROBABILITIES = ("flip_prob", "crop_prob")
+_CHOICES: dict[str, tuple[str, ...]] = {"backbone": RESNET_NAMES, "position_embedding": POSITION_EMBEDDINGS}
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# YAML 1.1 (PyYAML) reads 1e-4, without a dot, as a string: such text is taken as the number it spells.
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_MIN_INPUT = 32  # PreprocessConfig's smallest side: one stride-32 feature
+
+
+def _typed(label: str, value: Any, annotation: Any) -> Any:
+    """``value`` as the option's type, or ValueError naming ``label``: no string for a number, no list for a scalar."""
+    optional = type(None) in typing.get_args(annotation)
+    kind, is_list = _base_type(annotation)
+    if value is None:
+        if optional:
+            return None
+        wanted = f"a list of {_kind_name(kind)}s" if is_list else _kind_name(kind, article=True)
+        raise ValueError(f"{label} must be {wanted}, got null")
+    if is_list:
+        if not isinstance(value, list):
+            single = isinstance(value, (int, float)) and not isinstance(value, bool)
+            example = f" (write [{value}, {value}] for a square)" if "input_size" in label else f" (write [{value}])"
+            raise ValueError(
+                f"{label} must be a list of {_kind_name(kind)}s, got {describe(value)}{example if single else ''}"
+            )
+        return [_scalar(f"{label}[{index}]", item, kind) for index, item in enumerate(value)]
+    return _scalar(label, value, kind)
+
+
+def _kind_name(kind: Any, article: bool = False) -> str:
+    name = {bool: "true or false", int: "whole number", float: "number", str: "string"}.get(kind, str(kind))
+    return f"a {name}" if article and kind is not bool else name
+
+
+def _scalar(label: str, value: Any, kind: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        raise ValueError(
+            f"{label} must be {_kind_name(kind, article=True)}, not a list or table, got {describe(value)}"
+        )
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{label} must be true or false, got {describe(value)}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{label} must be a whole number, got {describe(value)}")
+        return value
+    if kind is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{label} must be a finite number, got {describe(value)}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{label} must be a string, got {describe(value)} (quote it in the file)")
+        return value
+    return value  # pragma: no cover - every TrainConfig field is one of the above
+
+
+def _in_range(label: str, name: str, value: Any) -> None:
+    """ValueError naming ``label`` if the (typed) value of option ``name`` is outside its range."""
+    if value is None:
+        return
+    if name in _AT_LEAST_1 and value < 1:
+        raise ValueError(f"{label} must be at least 1, got {value}")
+    if name in _AT_LEAST_0 and value < 0:
+        raise ValueError(f"{label} must be 0 or more, got {value}")
+    if name in _ABOVE_0 and value <= 0:
+        raise ValueError(f"{label} must be above 0, got {value}")
+    if name in _PROBABILITIES and not 0 <= value <= 1:
+        raise ValueError(f"{label} must be a probability from 0 to 1, got {value}")
+    if name == "dropout" and not 0 <= value < 1:
+        raise ValueError(f"{label} must be at least 0 and below 1, got {value}")
+    if name == "min_scale" and not 0 < value <= 1:
+        raise ValueError(f"{label} must be above 0 and at most 1 (a fraction of input_size), got {value}")
+    if name == "lr_drops" and any(epoch < 1 for epoch in value):
+        raise ValueError(f"{label} must be epochs of at least 1, got {value}")
+    if name == "input_size" and (len(value) != 2 or min(value) < _MIN_INPUT):
+        raise ValueError(f"{label} must be two whole numbers of at least {_MIN_INPUT} (height width), got {value}")
+    if name == "device" and not _DEVICE.fullmatch(value):
+        raise ValueError(f"{label} must be auto, cpu, cuda or cuda:N, got {value!r}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        choices = _CHOICES[name]
+        raise ValueError(f"{label} must be one of {', '.join(choices)}, got {value!r}{did_you_mean(value, choices)}")
+
+
+def check_options(values: dict[str, Any], origins: dict[str, str]) -> dict[str, Any]:
+    """Each option's value checked for its type and range; PoetError names where it came from (file or flag).
+
+    ``origins`` maps an option to the file it was read from; options not in it came from a flag.
+    """
+    types = _field_types()
+    checked = {}
+    for name, value in values.items():
+        origin = origins.get(name)
+        label = name if origin else _flag(name)
+        try:
+            checked[name] = _typed(label, value, types[name])
+            _in_range(label, name, checked[name])
+        except ValueError as error:
+            raise PoetError(f"{origin}: {error}" if origin else str(error)) from None
+    return checked
+
+
+def _flag(name: str) -> str:
+    """The flag a user most likely typed for option ``name`` (the shared vocabulary's first long one)."""
+    if name in FLAGS:
+        return next(flag for flag in FLAGS[name][0] if flag.startswith("--"))
+    return "--" + name.replace("_", "-")
+
+
+def _check_architecture(config: TrainConfig, where: str) -> None:
+    """The options that only together make a model (a PoetConfig, an input size it can take), or PoetError."""
+    try:
+        model = config.model_config()
+    except ValueError as error:
+        raise PoetError(f"{where}: {error}") from None
+    if model.position_embedding == "learned":
+        # The learned table has 50 positions per axis (the authors'): at most 50 features a side.
+        longest = -(-max(config.input_size) // model.output_stride)
+        if longest > 50:
+            raise PoetError(
+                f"{where}: position_embedding 'learned' has 50 positions a side, but input_size {config.input_size} "
+                f"at output stride {model.output_stride} gives {longest} features; use 'sine' or at most "
+                f"{50 * model.output_stride} pixels"
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,18 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Defaults, then the ``--config`` file, then flags."""
+    """Defaults, then the ``--config`` file, then flags; every value checked (PoetError naming file or flag)."""
     args = vars(build_parser().parse_args(argv))
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     config_file = args.pop("config", None)
     if config_file:
-        values.update(read_config_file(config_file))
+        from_file, source = _read_config(config_file)
+        values.update(from_file)
+        origins.update(dict.fromkeys(from_file, source))
     values.update(args)
-    try:
-        config = TrainConfig(**json.loads(json.dumps(values)))
-        config.model_config()  # the architecture is checked now, not after the data has been indexed
-        if config.encoder_aux_coef < 0:
-            raise ValueError(f"encoder_aux_coef must be 0 (off) or positive, got {config.encoder_aux_coef}")
-    except (TypeError, ValueError) as error:
-        raise PoetError(f"bad training options: {error}") from error
+    for name in args:
+        origins.pop(name, None)
+    values = check_options(values, origins)
+    sources = [*dict.fromkeys(origins.values()), *(["the command line"] if args else [])]
+    config = TrainConfig(**json.loads(json.dumps(values)))
+    # The architecture is checked now, not after the data has been indexed.
+    _check_architecture(config, " and ".join(sources) or "the defaults")
     return config

@@ -3,10 +3,58 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+POSITION_EMBEDDINGS = ("sine", "learned")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def describe(value: Any) -> str:
+    """A value as messages show it: its repr and, where that does not say it, its type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    if isinstance(value, bool):
+        return f"{text} (a boolean)"
+    if value is None or isinstance(value, (int, float)):
+        return text
+    return f"{text} (a {'string' if isinstance(value, str) else type(value).__name__})"
+
+
+def check_value(name: str, value: Any, kind: Any) -> Any:
+    """``value`` if it is of the simple type ``kind`` (bool, int, float or str), else ValueError naming ``name``.
+
+    Booleans are not numbers here, whole-number floats are not ints, and floats must be finite: what a
+    hand-edited file or a damaged checkpoint gets wrong.
+    """
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {describe(value)}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be a whole number, got {describe(value)}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {describe(value)}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {describe(value)}")
+        return value
+    raise TypeError(f"no check for {kind!r}")  # pragma: no cover - a field of a new type
 
 
 @dataclass(frozen=True)
@@ -44,13 +92,24 @@ class PoetConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in RESNET_NAMES:
-            raise ValueError(f"backbone must be one of {', '.join(RESNET_NAMES)}, got {self.backbone!r}")
-        if self.position_embedding not in ("sine", "learned"):
+            raise ValueError(
+                f"backbone must be one of {', '.join(RESNET_NAMES)}, got {self.backbone!r}"
+                + did_you_mean(str(self.backbone), RESNET_NAMES)
+            )
+        if self.position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(f"position_embedding must be 'sine' or 'learned', got {self.position_embedding!r}")
-        if self.hidden_dim % self.nheads or self.hidden_dim % 2:
-            raise ValueError(f"hidden_dim {self.hidden_dim} must be even and divisible by nheads {self.nheads}")
-        if min(self.enc_layers, self.dec_layers, self.num_queries, self.dim_feedforward) < 1:
-            raise ValueError("enc_layers, dec_layers, num_queries and dim_feedforward must be positive")
+        for name in ("hidden_dim", "nheads", "enc_layers", "dec_layers", "num_queries", "dim_feedforward"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.hidden_dim % self.nheads:
+            raise ValueError(
+                f"nheads {self.nheads} does not divide hidden_dim {self.hidden_dim}: "
+                "the attention splits hidden_dim evenly among the heads"
+            )
+        if self.hidden_dim % 2:
+            raise ValueError(f"hidden_dim must be even (half per axis for the positions), got {self.hidden_dim}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be at least 0 and below 1, got {self.dropout}")
         if (self.dilation4 or self.dilation5) and self.backbone in ("resnet18", "resnet34"):
             raise ValueError(f"{self.backbone} has basic blocks, which cannot be dilated")
         if self.backbone_width < 8 or self.backbone_width % 8:
@@ -78,10 +137,21 @@ class PoetConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PoetConfig:
-        """Build from a dict, ignoring keys this version does not know (e.g. the authors' training options)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def check_types(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The fields of ``data`` this version knows, each checked to be of its field's type (ValueError naming
+        the first that is not); other keys (e.g. the authors' training options) are left out."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a mapping of architecture fields, got {describe(data)}")
+        types = typing.get_type_hints(cls)
+        return {name: check_value(name, data[name], types[name]) for name in types if name in data}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PoetConfig:
+        """Build from a dict, ignoring keys this version does not know (e.g. the authors' training options).
+
+        Raises ValueError naming the field for a value of the wrong type or out of range.
+        """
+        return cls(**cls.check_types(data))
 
     def replace(self, **changes: Any) -> PoetConfig:
         return dataclasses.replace(self, **changes)
