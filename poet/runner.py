@@ -10,8 +10,9 @@ from tqdm import tqdm
 
 from poet.checkpoint import load_model
 from poet.drawing import draw_poses, save_image
+from poet.errors import ImageError
 from poet.evaluation import evaluate_predictions
-from poet.fileio import write_json
+from poet.fileio import check_not_input, check_writable, unique_names, write_json
 from poet.images import list_images, read_image
 from poet.model.poet import POET
 from poet.predictor import Predictor
@@ -67,15 +68,22 @@ def predict_files(
     """Draw poses on each image into ``output_dir`` (PNG) and write all poses to ``poses.json``."""
     output_dir = Path(output_dir)
     files = _expand(sources)
+    if not files:
+        raise ImageError(f"no images in {', '.join(map(str, sources))} (expected .jpg, .png, ... files or folders)")
+    targets = [output_dir / name for name in unique_names([f"{path.stem}_poses.png" for path in files])]
+    for target in (output_dir / "poses.json", *targets):
+        check_writable(target)
+        check_not_input(target, *files)
     predictor = Predictor(load_model(checkpoint, device, input_size), device, score_threshold, max_people, batch_size)
     written: list[Path] = []
     records: list[dict[str, Any]] = []
-    for path in tqdm(files, desc="predicting", unit="img", disable=not progress):
+    for path, target in tqdm(
+        zip(files, targets, strict=True), total=len(files), desc="predicting", unit="img", disable=not progress
+    ):
         image = read_image(path)
         poses = predictor.predict_arrays([image])[0]
-        target = output_dir / f"{path.stem}_poses.png"
         save_image(target, draw_poses(image, poses))
         written.append(target)
-        records.append({"image": str(path), "poses": [pose.to_dict() for pose in poses]})
+        records.append({"image": str(path), "drawn": target.name, "poses": [pose.to_dict() for pose in poses]})
     write_json(output_dir / "poses.json", records, indent=1)
     return written

@@ -1,13 +1,16 @@
 """Frames from an image, a folder, a video file, a camera or a stream, decoded ahead on a reader thread.
 
 The reader thread decodes the next frame while the model runs on the current one, through a bounded
-queue so memory stays flat. Every wait has a timeout: a camera or stream that stops delivering, or a
-video that ends early, ends the iteration with a warning instead of hanging the app.
+queue so memory stays flat; it starts at the first frame asked for, so what is opened and listed can be
+checked (the outputs' preflight in ``poet-run``) before any frame is read. Every wait has a timeout: a
+camera or stream that stops delivering, or a video that ends early, ends the iteration with a warning
+instead of hanging the app.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ import cv2
 import numpy as np
 
 from poet.errors import ImageError, PoetError
-from poet.images import IMAGE_SUFFIXES, list_images, read_image, to_bgr_uint8
+from poet.images import IMAGE_SUFFIXES, read_image, to_bgr_uint8
 
 logger = logging.getLogger("poet")
 
@@ -31,11 +34,40 @@ class SourceError(PoetError):
 
 @dataclass(frozen=True)
 class Frame:
-    """One decoded BGR uint8 frame; ``name`` is the image file's stem or ``<video>_<index>``."""
+    """One decoded BGR uint8 frame; ``name`` is the image file's stem or ``<video>_<index>``.
+
+    ``file`` is an image's path relative to the source folder (``a/x.jpg``; a single image: its file name),
+    unique per input; None for video, camera and stream frames.
+    """
 
     index: int
     name: str
     image: np.ndarray
+    file: str | None = None
+
+
+def list_image_tree(folder: Path) -> list[Path]:
+    """Image files in ``folder`` and its subfolders, sorted by relative path; hidden files and folders skipped.
+
+    Hidden names (``.thumbnails/``, ``._x.jpg``, the ``.x.jpg.poet-tmp-...`` files of a killed writer) are no
+    photographs. Symlinked subfolders are followed, each real folder once, so a link loop ends.
+    """
+    found: list[tuple[tuple[str, ...], Path]] = []
+    seen = {os.path.realpath(folder)}
+    for root, subfolders, files in os.walk(folder, followlinks=True):
+        kept = []
+        for name in sorted(subfolders):
+            real = os.path.realpath(os.path.join(root, name))
+            if not name.startswith(".") and real not in seen:
+                seen.add(real)
+                kept.append(name)
+        subfolders[:] = kept
+        base = Path(root)
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                path = base / name
+                found.append((path.relative_to(folder).parts, path))
+    return [path for _, path in sorted(found)]
 
 
 class _End:
@@ -48,8 +80,10 @@ class _End:
 class FrameSource:
     """Iterate over the frames of ``source``: an image, a folder of images, a video file, a camera index or a URL.
 
-    ``total`` is the frame count when known (files), ``fps`` the video's frame rate when it has one.
-    Close it (or use ``with``) to stop the reader thread.
+    A folder's images are those of its whole tree (:func:`list_image_tree`). ``total`` is the frame count when
+    known (files), ``fps`` the video's frame rate when it has one, ``inputs`` the files it reads (none for a
+    camera or stream). The reader thread starts at the first frame asked for; close the source (or use
+    ``with``) to stop it.
     """
 
     def __init__(self, source: str | Path, *, queue_size: int = 4, read_timeout: float = DEFAULT_READ_TIMEOUT):
@@ -59,6 +93,8 @@ class FrameSource:
         self.total: int | None = None
         self.stopped_early: str | None = None
         self._images: list[Path] = []
+        self._files: list[str] = []  # each image's path relative to the folder, as Frame.file
+        self.skipped = 0  # unreadable images of a folder, skipped with a warning
         self._capture: cv2.VideoCapture | None = None
         path = Path(self.source)
         if self.source.isdigit() and not path.exists():
@@ -69,9 +105,13 @@ class FrameSource:
             self._capture = self._open_capture(self.source)
         elif path.is_dir():
             self.kind = "folder"
-            self._images = list_images(path)
+            self._images = list_image_tree(path)
             if not self._images:
-                raise SourceError(f"folder {path} holds no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
+                raise SourceError(
+                    f"folder {path} holds no images, in it or its subfolders (expected {', '.join(IMAGE_SUFFIXES)} "
+                    "files)"
+                )
+            self._files = [image.relative_to(path).as_posix() for image in self._images]
         elif not path.exists():
             raise SourceError(
                 f"source {path} not found (expected an image, a folder, a video, a camera index or a URL)"
@@ -79,9 +119,12 @@ class FrameSource:
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             self.kind = "image"
             self._images = [path]
+            self._files = [path.name]
         else:
             self.kind = "video"
             self._capture = self._open_capture(str(path))
+        # Video, camera and stream frames are named <frame_stem>_<index>, six digits.
+        self.frame_stem = path.stem if self.kind == "video" else f"{self.kind}{self.source}".replace("/", "_")
         if self._images:
             self.total = len(self._images)
         elif self._capture is not None:
@@ -92,7 +135,25 @@ class FrameSource:
         self._queue: queue.Queue[Frame | _End | BaseException] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_ahead, name=f"poet-reader {self.source}", daemon=True)
-        self._thread.start()
+        self._started = False
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The files this source reads: its images, or its video file; none for a camera or a stream."""
+        if self._images:
+            return list(self._images)
+        return [Path(self.source)] if self.kind == "video" else []
+
+    @property
+    def files(self) -> list[str]:
+        """Each image's path relative to the source folder (a single image: its name), in reading order."""
+        return list(self._files)
+
+    def start(self) -> None:
+        """Start the reader thread (iterating does); once only."""
+        if not self._started and not self._stop.is_set():
+            self._started = True
+            self._thread.start()
 
     @property
     def live(self) -> bool:
@@ -132,14 +193,15 @@ class FrameSource:
                 if self.kind == "image":
                     raise
                 logger.warning("skipping %s", error)
+                self.skipped += 1
                 continue
-            if not self._put(Frame(index, path.stem, image)):
+            if not self._put(Frame(index, path.stem, image, self._files[index])):
                 break
         return _End()
 
     def _read_capture(self) -> _End:
         assert self._capture is not None
-        stem = Path(self.source).stem if self.kind == "video" else f"{self.kind}{self.source}".replace("/", "_")
+        stem = self.frame_stem
         index = 0
         while not self._stop.is_set():
             ok, image = self._capture.read()
@@ -169,6 +231,9 @@ class FrameSource:
         return False
 
     def __iter__(self) -> Iterator[Frame]:
+        self.start()
+        if not self._started:  # closed before the first frame
+            return
         while True:
             try:
                 item = self._queue.get(timeout=self.read_timeout)
@@ -188,7 +253,10 @@ class FrameSource:
     def close(self) -> None:
         """Stop the reader; a read stuck inside OpenCV is left to its daemon thread rather than waited for."""
         self._stop.set()
-        self._thread.join(timeout=1.0)
+        if self._started:
+            self._thread.join(timeout=1.0)
+        elif self._capture is not None:  # never started: the reader thread would have released it
+            self._capture.release()
 
     def __enter__(self) -> FrameSource:
         return self

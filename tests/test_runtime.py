@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -220,3 +221,114 @@ def test_runtime_and_poet_run_work_where_torch_cannot_be_imported(runtime_models
     assert result.stdout.splitlines()[-1] == "ok 6 0"
     lines = (tmp_path / "p.jsonl").read_text().splitlines()
     assert [json.loads(line)["name"] for line in lines] == [path.stem for path in photos[:2]]
+
+
+def _pose_key(poses):
+    return [(pose.score, pose.keypoints.tobytes(), pose.box.tobytes()) for pose in poses]
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (None, "got None (what cv2.imread gives for a file it cannot read"),
+        ([np.zeros((4, 4, 3), np.uint8), None], "image 1 of the list is None"),
+        (3, "got type int"),
+        (b"\xff\xd8", "got type bytes"),
+        (np.zeros((48, 64, 3), np.float32), "dtype float32: the pixels are floats; scale them to 0-255"),
+        (np.zeros((48, 64, 3), bool), "dtype bool: expected uint8 pixels"),
+        (np.zeros((48, 64, 5), np.uint8), "expected 3 channels (BGR), got 5"),
+        (np.zeros((2, 48, 64, 3), np.uint8), "shape (2, 48, 64, 3) and dtype uint8: a batch of images?"),
+        (np.zeros(10, np.uint8), "expected 3 dimensions"),
+        (np.zeros((48, 0, 3), np.uint8), "it has no pixels"),
+    ],
+)
+def test_what_predict_cannot_take_is_one_clear_error(runtime_models, given, message):
+    estimator = PoseEstimator(runtime_models["uint8"])
+    with pytest.raises(ImageError, match="expected an HxWx3 uint8 BGR array .* or a path") as error:
+        estimator.predict(given)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_predict_of_a_failed_imread_and_of_a_folder(runtime_models, photos, tmp_path):
+    estimator = PoseEstimator(runtime_models["uint8"])
+    with pytest.raises(ImageError, match="got None .*check the path"):
+        estimator.predict(cv2.imread(str(tmp_path / "missing.jpg")))
+    with pytest.raises(ImageError, match=re.escape(f"image {tmp_path} is a folder; expected an image file")):
+        estimator.predict(tmp_path)
+    with pytest.raises(ImageError, match=r"predict_arrays expected HxWx3 .* image 0 is an array of shape \(4, 4\)"):
+        estimator.predict_arrays([np.zeros((4, 4), np.uint8)])
+    # Grayscale and 4-channel arrays are converted (with a warning), as documented.
+    grey = cv2.cvtColor(read_image(photos[0]), cv2.COLOR_BGR2GRAY)
+    expected = _pose_key(estimator.predict(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)))
+    assert _pose_key(estimator.predict(grey)) == expected
+    assert _pose_key(estimator.predict(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGRA))) == expected
+
+
+@pytest.mark.parametrize("layout", ["uint8", "float"])
+def test_one_estimator_shared_by_threads_gives_the_sequential_poses(runtime_models, photos, layout):
+    """4 threads x 16 frames each (the 8 photographs twice, each thread starting elsewhere) on one estimator."""
+    import threading
+
+    estimator = PoseEstimator(runtime_models[layout], score_threshold=0.0, threads=1)
+    images = [read_image(path) for path in photos]
+    expected = [_pose_key(estimator.predict_arrays([image])[0]) for image in images]
+    threads, rounds = 4, 2
+    results: dict[tuple[int, int], list] = {}
+    start = threading.Barrier(threads)
+
+    def work(thread: int) -> None:
+        start.wait()
+        for step in range(rounds * len(images)):
+            index = (thread * 3 + step) % len(images)
+            results[thread, step] = [index, _pose_key(estimator.predict_arrays([images[index]])[0])]
+
+    workers = [threading.Thread(target=work, args=(thread,)) for thread in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert len(results) == threads * rounds * len(images)
+    wrong = [key for key, (index, poses) in results.items() if poses != expected[index]]
+    assert wrong == [], f"{len(wrong)} of {len(results)} calls returned another frame's poses"
+
+
+def test_backends_that_are_not_thread_safe_run_one_call_at_a_time(runtime_models, photos, monkeypatch):
+    """A backend other than ONNX Runtime (TensorRT: one context, stream and buffer set) is never entered twice."""
+    import threading
+    import time
+
+    from poet.runtime import estimator as estimator_module
+    from poet.runtime.backends import load_backend
+
+    class SingleThreaded:
+        def __init__(self, path, *args, **kwargs):
+            self.inner = load_backend(path, "onnxruntime", threads=1)
+            self.info, self.max_batch = self.inner.info, self.inner.max_batch
+            self.inside, self.overlaps = 0, 0
+
+        def infer(self, images, mask):
+            self.inside += 1
+            self.overlaps += self.inside > 1
+            time.sleep(0.002)
+            try:
+                return self.inner.infer(images.copy(), mask.copy())
+            finally:
+                self.inside -= 1
+
+    monkeypatch.setattr(estimator_module, "load_backend", SingleThreaded)
+    estimator = PoseEstimator(runtime_models["uint8"], score_threshold=0.0)
+    images = [read_image(path) for path in photos[:4]]
+    expected = [_pose_key(poses) for poses in estimator.predict_arrays(images)]
+    got: dict[int, list] = {}
+
+    def work(thread: int) -> None:
+        for index, image in enumerate(images):
+            got[thread * 10 + index] = _pose_key(estimator.predict(image))
+
+    workers = [threading.Thread(target=work, args=(thread,)) for thread in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert estimator.backend.overlaps == 0  # type: ignore[attr-defined]
+    assert all(got[thread * 10 + index] == expected[index] for thread in range(3) for index in range(4))

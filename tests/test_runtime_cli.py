@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -181,3 +182,207 @@ def test_empty_folder_and_unopenable_camera_are_clear_errors(tmp_path, monkeypat
     monkeypatch.setattr(sources_module.cv2, "VideoCapture", lambda *args: Closed(frames=0))
     with pytest.raises(SourceError, match="cannot open camera 7"):
         FrameSource("7")
+
+
+# ---------------------------------------------------------------- outputs: preflight, never an input, unique names
+
+
+def _copy_photos(coco, folder, names):
+    """Copy COCO photographs into ``folder`` under the given relative names (.png names are re-encoded)."""
+    photos = sorted((coco / "val2017").glob("*.jpg"))
+    for photo, name in zip(photos, names, strict=False):
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.suffix == ".png":
+            assert cv2.imwrite(str(target), read_image(photo))
+        else:
+            target.write_bytes(photo.read_bytes())
+    return folder
+
+
+def _snapshot(folder):
+    """Every file under ``folder`` (hidden ones too) with its bytes, to prove a refused run changed nothing."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _refused(args, capsys):
+    """Run poet-run; it must exit 2 with exactly one ``error:`` line on stderr, which is returned."""
+    assert main([*args, "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    return lines[0]
+
+
+@pytest.fixture
+def never_loaded(monkeypatch):
+    """The model must not be loaded: the preflight fails first."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr("poet.runtime.cli.PoseEstimator", fail)
+
+
+def test_save_images_into_the_input_folder_is_refused_and_changes_nothing(
+    runtime_models, coco, tmp_path, capsys, never_loaded
+):
+    photos = _copy_photos(coco, tmp_path / "photos", ["x.jpg", "y.png", "sub/x.jpg"])
+    (tmp_path / "link").symlink_to(photos, target_is_directory=True)
+    before = _snapshot(tmp_path)
+    model = ["--model", str(runtime_models["uint8"])]
+    cases = {
+        str(photos): f"--save-images {photos} is the input folder {photos}",
+        str(photos) + "/": "is the input folder",
+        str(photos / "." / "sub" / ".."): "is the input folder",
+        str(tmp_path / "link"): f"--save-images {tmp_path / 'link'} is the input folder",  # a symlink to it
+        str(photos / "sub"): f"would overwrite the input {photos / 'sub' / 'x.jpg'}",  # x.jpg's copy: sub/x.jpg
+    }
+    for folder, message in cases.items():
+        line = _refused([str(photos), *model, "--save-images", folder], capsys)
+        assert message in line
+    # Through the symlink as the input, the real folder as the output: the same folder.
+    line = _refused([str(tmp_path / "link"), *model, "--save-images", str(photos)], capsys)
+    assert "is the input folder" in line
+    # A single image into its own folder.
+    line = _refused([str(photos / "x.jpg"), *model, "--save-images", str(photos)], capsys)
+    assert f"would overwrite the input {photos / 'x.jpg'}" in line
+    assert _snapshot(tmp_path) == before
+
+
+def test_an_output_folder_inside_the_input_folder_is_fine_until_it_holds_inputs(runtime_models, coco, tmp_path, capsys):
+    photos = _copy_photos(coco, tmp_path / "photos", ["x.jpg", "y.jpg"])
+    args = [str(photos), "--model", str(runtime_models["uint8"]), "--save-images", str(photos / "annotated")]
+    assert main([*args, "--no-progress"]) == 0
+    assert sorted(p.name for p in (photos / "annotated").iterdir()) == ["x.jpg", "y.jpg"]
+    capsys.readouterr()
+    # A rerun takes the annotated copies as inputs too, and would write x.jpg's copy over annotated/x.jpg.
+    before = _snapshot(tmp_path)
+    line = _refused(args, capsys)
+    assert f"would overwrite the input {photos / 'annotated' / 'x.jpg'}" in line
+    assert _snapshot(tmp_path) == before
+
+
+def test_nested_tree_duplicate_names_and_non_ascii_names_get_distinct_outputs(runtime_models, coco, tmp_path, capsys):
+    names = ["a/x.jpg", "b/x.jpg", "y.jpg", "y.png", "été/café.jpg", "人/写真 1.png", "a/deeper/x.jpg"]
+    photos = _copy_photos(coco, tmp_path / "photos", names)
+    (photos / ".hidden.jpg").write_bytes(b"not a photograph")  # hidden files (a killed run's temporaries) are skipped
+    out, jsonl = tmp_path / "out", tmp_path / "p.jsonl"
+    args = [str(photos), "--model", str(runtime_models["uint8"]), "--save-images", str(out), "--jsonl", str(jsonl)]
+    assert main([*args, "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"wrote {len(names)} images to {out}/, {len(names)} JSON lines to {jsonl}" in stdout
+    written = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
+    assert written == sorted(names)
+    for name in names:  # each output is its own input, annotated, in the input's format and size
+        image = read_image(out / name)
+        assert image.shape == read_image(photos / name).shape
+        assert (out / name).read_bytes()[:3] == (b"\x89PN" if name.endswith(".png") else b"\xff\xd8\xff")
+    assert len({(out / name).read_bytes() for name in names}) == len(names)
+    records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
+    assert sorted(record["file"] for record in records) == sorted(names)
+    assert {record["name"] for record in records} == {"x", "y", "café", "写真 1"}
+
+
+def test_output_names_stay_distinct_ignoring_case():
+    from poet.runtime.cli import unique_names
+
+    assert unique_names(["a/x.jpg", "b/x.jpg", "y.jpg", "y.png"]) == ["a/x.jpg", "b/x.jpg", "y.jpg", "y.png"]
+    # On a case-insensitive disk Y.jpg and y.jpg are one file; the later gets a number no input has.
+    assert unique_names(["Y.jpg", "y-2.jpg", "y.jpg"]) == ["Y.jpg", "y-2.jpg", "y-3.jpg"]
+    assert unique_names(["A/x.jpg", "a/X.JPG"]) == ["A/x.jpg", "a/X-2.JPG"]
+
+
+def test_file_outputs_are_checked_before_the_model_and_any_frame(runtime_models, video, tmp_path, capsys, never_loaded):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.txt").write_text("a file")
+    copy = tmp_path / "people.avi"
+    copy.write_bytes(video.read_bytes())
+    before = _snapshot(tmp_path)
+    model = ["--model", str(runtime_models["uint8"])]
+    folder, text = tmp_path / "folder", tmp_path / "file.txt"
+    cases = {
+        ("--jsonl", str(folder)): f"--jsonl: cannot write {folder}: it is a folder",
+        ("--jsonl", str(copy)): f"--jsonl {copy} is the input {copy}",
+        ("--save-video", str(folder)): f"--save-video: cannot write {folder}: it is a folder",
+        ("--save-video", str(copy)): f"--save-video {copy} is the input {copy}",
+        ("--save-video", str(tmp_path / "v.txt")): "--save-video: cannot write a video to",
+        ("--save-images", str(text)): f"--save-images {text} is a file; expected a folder",
+        ("--jsonl", str(text / "p.jsonl")): f"--jsonl: cannot write {text / 'p.jsonl'}: {text} is a file, not a folder",
+        ("--jsonl", str(tmp_path / "v.mp4"), "--save-video", str(tmp_path / "v.mp4")): "are the same file",
+    }
+    for options, message in cases.items():
+        assert message in _refused([str(copy), *model, *options], capsys)
+    assert _snapshot(tmp_path) == before
+
+
+def test_jsonl_folder_is_refused_before_a_camera_delivers_a_frame(runtime_models, monkeypatch, tmp_path, capsys):
+    camera = FakeCamera(frames=1000)
+    reads = []
+    read = camera.read
+    camera.read = lambda: reads.append(1) or read()  # type: ignore[method-assign]
+    monkeypatch.setattr(sources_module.cv2, "VideoCapture", lambda *args: camera)
+    (tmp_path / "poses").mkdir()
+    line = _refused(["0", "--model", str(runtime_models["uint8"]), "--jsonl", str(tmp_path / "poses")], capsys)
+    assert "it is a folder" in line
+    assert reads == [] and camera.released
+
+
+def test_an_input_image_is_never_an_output(runtime_models, coco, tmp_path, capsys):
+    photos = _copy_photos(coco, tmp_path / "photos", ["x.jpg", "a/y.jpg"])
+    before = _snapshot(tmp_path)
+    model = ["--model", str(runtime_models["uint8"])]
+    for options in (["--jsonl", str(photos / "a" / "y.jpg")], ["--save-video", str(photos / "x.jpg")]):
+        assert "is the input" in _refused([str(photos), *model, *options], capsys)
+    # An output folder where a planned image file is a folder.
+    (tmp_path / "out" / "x.jpg").mkdir(parents=True)
+    line = _refused([str(photos), *model, "--save-images", str(tmp_path / "out")], capsys)
+    assert f"cannot write {tmp_path / 'out' / 'x.jpg'}: it is a folder" in line
+    assert _snapshot(tmp_path) == before
+
+
+def test_unwritable_output_folder_fails_in_one_line_before_the_model(
+    runtime_models, coco, tmp_path, capsys, never_loaded
+):
+    photos = _copy_photos(coco, tmp_path / "photos", ["x.jpg"])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: a 0o500 folder stays writable")
+        model = ["--model", str(runtime_models["uint8"])]
+        line = _refused([str(photos), *model, "--save-images", str(locked / "out")], capsys)
+        assert f"cannot write {locked / 'out' / 'x.jpg'}: {locked} is not writable" in line
+        line = _refused([str(photos), *model, "--jsonl", str(locked / "p.jsonl")], capsys)
+        assert f"--jsonl: cannot write {locked / 'p.jsonl'}: {locked} is not writable" in line
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_summary_counts_what_was_written(runtime_models, coco, tmp_path, capsys):
+    photos = _copy_photos(coco, tmp_path / "photos", ["a.jpg", "b.jpg", "c.jpg"])
+    (photos / "broken.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    args = [str(photos), "--model", str(runtime_models["uint8"]), "--save-images", str(out), "--max-frames", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"wrote 2 images to {out}/" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "b.jpg"]
+    assert main([str(photos), "--model", str(runtime_models["uint8"]), "--save-images", str(out), "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "3 frames from" in stdout and "1 unreadable image skipped" in stdout
+    assert f"wrote 3 images to {out}/" in stdout
+
+
+def test_image_tree_listing_skips_hidden_names_and_ends_link_loops(tmp_path):
+    from poet.runtime.sources import list_image_tree
+
+    for name in ["b.jpg", "a/c.png", "a/.thumbs/t.jpg", ".d.jpg", "a/notes.txt", "a0.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    found = [str(path.relative_to(tmp_path)) for path in list_image_tree(tmp_path)]
+    assert found == ["a/c.png", "a0.jpg", "b.jpg"]
