@@ -151,10 +151,11 @@ class VariantBuilder:
         self.work_dir = settings.work_dir
         self.fp32 = self.work_dir / "model.onnx"
         self.stamp_path = self.work_dir / STAMP_FILE
-        self.stamps: dict[str, str] = {}
+        self.stamps: dict[str, Any] = {}
         if self.stamp_path.is_file():
-            with contextlib.suppress(json.JSONDecodeError):
-                self.stamps = json.loads(self.stamp_path.read_text())
+            with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+                stamps = json.loads(self.stamp_path.read_text())
+                self.stamps = stamps if isinstance(stamps, dict) else {}
         self.checkpoint_key = sha256_file(settings.checkpoint)
         self.max_batch = max(settings.batches)
 
@@ -162,10 +163,14 @@ class VariantBuilder:
         return hashlib.sha256(json.dumps([self.checkpoint_key, *parts], default=str).encode()).hexdigest()
 
     def _reuse_or_build(self, path: Path, key: str, build: Callable[[], None]) -> Path:
-        if path.is_file() and self.stamps.get(path.name) == key:
-            return path
+        """Reuse ``path`` when it was built with these settings and still has the bytes it was built with."""
+        stamp = self.stamps.get(path.name)
+        if path.is_file() and isinstance(stamp, dict) and stamp.get("key") == key:
+            if stamp.get("sha256") == sha256_file(path):
+                return path
+            logger.warning("%s changed since poet-bench built it: building it again", path)
         build()
-        self.stamps[path.name] = key
+        self.stamps[path.name] = {"key": key, "sha256": sha256_file(path)}
         write_json(self.stamp_path, self.stamps, indent=1)
         return path
 

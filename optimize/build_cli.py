@@ -115,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         dynamic = info.max_batch if info.batch is None else None
     check_dla_options(args.dla_core, dynamic, version)
+    if args.precision == "int8" and args.calib_images is not None:
+        from poet.optimize.precision import CalibrationSet, calibration_paths
+
+        calibration_paths(CalibrationSet(args.calib_images, args.calib_annotations), args.calib_count)
     onnx = precision_onnx(args)
     check_onnx_file(onnx)
     if version is None:

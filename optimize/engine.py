@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from poet.errors import PoetError
-from poet.fileio import atomic_path, check_writable, sha256_file
+from poet.fileio import atomic_path, check_not_input, check_writable, sha256_file
 from poet.modelinfo import ModelInfo, read_onnx_info
 from poet.optimize.tensorrt_check import check_onnx_file
 from poet.runtime.compat import EngineTarget, has_dla, require_tensorrt, sidecar_path, write_sidecar
@@ -296,6 +296,8 @@ def build_engine(
     batches = batch_profile(info, min_batch, opt_batch, max_batch)
     cache_path = Path(timing_cache) if timing_cache is not None else None
     check_writable(engine_path)
+    check_not_input(engine_path, onnx_path, cache_path)
+    check_not_input(sidecar_path(engine_path), onnx_path, cache_path)
     require_tensorrt()
     import tensorrt as trt
 

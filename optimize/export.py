@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from poet.checkpoint import model_from_checkpoint, read_checkpoint
 from poet.errors import PoetError
-from poet.fileio import atomic_path, check_writable, sha256_file
+from poet.fileio import atomic_path, check_not_input, check_writable, sha256_file
 from poet.keypoints import split_predicted_keypoints
 from poet.model.poet import POET
 from poet.modelinfo import (
@@ -203,6 +203,7 @@ def export_onnx(
     if (batch is not None and batch < 1) or max_batch < 1:
         raise ExportError(f"batch and max_batch must be at least 1, got {batch} and {max_batch}")
     check_writable(output)
+    check_not_input(output, None if isinstance(source, POET) else source)
     model, preprocess_config, provenance = _load_source(source, input_size)
     info = ModelInfo(
         preprocess=preprocess_config,

@@ -28,9 +28,9 @@ import onnx
 from tqdm import tqdm
 
 from poet.console import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT, DEFAULT_INT8_FLOAT, INT8_FLOAT_TYPES
-from poet.errors import ImageError, PoetError
+from poet.errors import ImageError, OutputError, PoetError
 from poet.evaluation import listed_images, load_coco_keypoints
-from poet.fileio import atomic_path, check_writable
+from poet.fileio import atomic_path, check_not_input, check_writable, sha256_file, write_json
 from poet.images import list_images, read_image
 from poet.modelinfo import IMAGES, INT8_TARGETS, MASK, PRECISIONS, ModelInfo, load_onnx, write_model_info
 from poet.optimize.calibration import (
@@ -245,6 +245,7 @@ def make_variant(
     if info.precision != "fp32":
         raise PrecisionError(f"{onnx_path} is already a {info.precision} model; make variants from the FP32 export")
     check_writable(output)
+    check_not_input(output, onnx_path)
     name_nodes(model)
     summary: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="poet-variant-") as work:
@@ -338,7 +339,7 @@ def _int8(
         "data_sha256": data_hash,
         "cache_key": key,
     }
-    if cached.is_file():
+    if _cache_entry_intact(cached):
         shutil.copyfile(cached, output)
         return {**summary, "cache": "hit"}
     job = QuantizeJob(target, source, output, tuple(paths), info, method, tuple(exclude), progress, float_type)
@@ -348,12 +349,34 @@ def _int8(
             f"INT8 quantization for {target} failed in its worker process (exit code {code}); its messages are above"
         )
     try:
-        cache.mkdir(parents=True, exist_ok=True)
         with atomic_path(cached) as tmp:
             shutil.copyfile(output, tmp)
-    except OSError as error:
+        write_json(_digest_path(cached), {"sha256": sha256_file(cached)})
+    except (OSError, OutputError) as error:
         logger.warning("could not cache the calibration in %s: %s", cache, error)
     return {**summary, "cache": "miss"}
+
+
+def _digest_path(entry: Path) -> Path:
+    return entry.with_name(entry.name + ".sha256.json")
+
+
+def _cache_entry_intact(entry: Path) -> bool:
+    """Whether a cached INT8 model is there and has the bytes it was written with; a damaged one (a full disk,
+    a copy cut short, an edit) is removed with a warning, so the calibration runs again instead of failing
+    every later run."""
+    if not entry.is_file():
+        return False
+    try:
+        recorded = json.loads(_digest_path(entry).read_text())["sha256"]
+        intact = recorded == sha256_file(entry)
+    except (OSError, ValueError, KeyError, TypeError):
+        intact = False
+    if not intact:
+        logger.warning("calibration cache entry %s is damaged or incomplete: calibrating again", entry)
+        for path in (entry, _digest_path(entry)):
+            path.unlink(missing_ok=True)
+    return intact
 
 
 def prepare_onnx(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import numpy as np
@@ -130,6 +131,19 @@ def test_calibration_is_cached_by_content(fp32, calib_dir, tmp_path):
     assert onnx.load(first.path).graph == onnx.load(second.path).graph
     other = make_variant(fp32.path, tmp_path / "c.onnx", "int8", **{**settings, "num_calib": 3})
     assert other.calibration["cache"] == "miss"
+
+
+def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(fp32, calib_dir, tmp_path, caplog):
+    settings = {"target": "cpu", "calibration": calib_dir, "num_calib": 2, "cache_dir": tmp_path, "progress": False}
+    first = make_variant(fp32.path, tmp_path / "a.onnx", "int8", **settings)
+    (entry,) = tmp_path.glob("int8-*.onnx")
+    entry.write_bytes(entry.read_bytes()[:1000])  # a copy cut short by a full disk
+    with caplog.at_level(logging.WARNING):
+        again = make_variant(fp32.path, tmp_path / "b.onnx", "int8", **settings)
+    assert "is damaged or incomplete: calibrating again" in caplog.text
+    assert again.calibration["cache"] == "miss"
+    assert onnx.load(first.path).graph == onnx.load(again.path).graph
+    assert make_variant(fp32.path, tmp_path / "c.onnx", "int8", **settings).calibration["cache"] == "hit"
 
 
 def test_corrupt_calibration_images_are_skipped_and_named(fp32, calib_dir, tmp_path):
