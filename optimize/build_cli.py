@@ -14,8 +14,9 @@ from pathlib import Path
 
 from poet import console
 from poet.errors import PoetError
+from poet.fileio import check_not_input, check_writable
 from poet.modelinfo import PRECISIONS, read_onnx_info
-from poet.runtime.compat import TensorRTUnavailable, build_command, require_tensorrt
+from poet.runtime.compat import TensorRTUnavailable, build_command, require_tensorrt, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,9 @@ def tensorrt_here() -> str | None:
 @console.run_cli
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    for output in (args.output, sidecar_path(args.output)):  # before any export, calibration or build
+        check_writable(output)
+        check_not_input(output, args.model, args.timing_cache)
     version = tensorrt_here()
     from poet.optimize.engine import check_dla_options
     from poet.optimize.tensorrt_check import check_onnx_file

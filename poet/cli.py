@@ -9,6 +9,7 @@ from typing import Any
 
 from poet.console import add_batch, add_input_size, add_output, add_progress, input_size, run_cli
 from poet.evaluation import resolve_coco_paths
+from poet.fileio import check_not_input, check_writable
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +48,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     from poet.runner import evaluate_checkpoint
 
     annotations, images = resolve_coco_paths(args.data, args.split, args.annotations, args.images)
+    if args.results is not None:  # before minutes of evaluation, not after
+        check_writable(args.results)
+        check_not_input(args.results, args.checkpoint, annotations)
     stats = evaluate_checkpoint(
         args.checkpoint, annotations, images, limit=args.limit, results_path=args.results, **_model_options(args)
     )

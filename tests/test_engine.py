@@ -619,3 +619,11 @@ def test_max_batch_on_a_fixed_batch_onnx_is_refused_at_once(tmp_path, capsys):
     assert "fixed.onnx has a fixed batch of 1; --max-batch needs an ONNX exported with a dynamic batch" in (
         capsys.readouterr().err
     )
+
+
+def test_the_engine_never_replaces_its_onnx(tmp_path, capsys):
+    onnx_path = make_onnx(tmp_path / "model.onnx")
+    before = onnx_path.read_bytes()
+    assert build_main([str(onnx_path), "--fp32", "-o", str(onnx_path)]) == 2
+    assert "it is the input" in capsys.readouterr().err
+    assert onnx_path.read_bytes() == before

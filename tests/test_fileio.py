@@ -11,7 +11,7 @@ import pytest
 
 from poet.console import _guarded, os_error_line
 from poet.errors import OutputError
-from poet.fileio import atomic_path, remove_stale_temporaries
+from poet.fileio import atomic_path, check_not_input, remove_stale_temporaries, unique_names
 
 
 def dead_pid() -> int:
@@ -70,3 +70,21 @@ def test_the_boundary_prints_an_os_error_as_one_line(capsys):
         os_error_line(PermissionError(errno.EACCES, "Permission denied", "a", None, "b")) == "a -> b: Permission denied"
     )
     assert os_error_line(OSError("socket closed")) == "socket closed"
+
+
+def test_an_output_that_is_an_input_is_refused_through_symlinks(tmp_path):
+    source = tmp_path / "model.pth"
+    source.write_bytes(b"weights")
+    (tmp_path / "link.pth").symlink_to(source)
+    with pytest.raises(OutputError, match=r"link\.pth: it is the input .*model\.pth; give another output path"):
+        check_not_input(tmp_path / "link.pth", source)
+    check_not_input(tmp_path / "other.pth", source, None)
+
+
+def test_unique_names_keep_distinct_names_and_number_repeats():
+    assert unique_names(["a/x.jpg", "b/x.jpg", "y.jpg", "y.png"]) == ["a/x.jpg", "b/x.jpg", "y.jpg", "y.png"]
+    assert unique_names(["x_poses.png", "x_poses.png", "X_POSES.png"]) == [
+        "x_poses.png",
+        "x_poses-2.png",
+        "X_POSES-3.png",
+    ]

@@ -325,6 +325,7 @@ def cases(fx: Path) -> list[Case]:
             "tensorrt",
             "poet-build-engine: engine path is the ONNX",
             ["poet-build-engine", onnx_model, "--fp32", "-o", onnx_model],
+            text="it is the input",
         ),
         # --- outputs: never overwrite an input, never a partial file, checked before the work
         Case(
@@ -364,11 +365,13 @@ def cases(fx: Path) -> list[Case]:
             "output",
             "poet-eval: --results is a folder",
             ["poet-eval", ckpt, "--data", data, "--results", str(fx), "--no-progress"],
+            text="it is a folder",
         ),
         Case(
             "output",
             "poet-train: --output is a file",
             ["poet-train", "--config", "synthetic-small", "--data", data, "--output", one],
+            text="is a file; expected a folder",
         ),
         Case(
             "output",
