@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
+from poet.checks import describe, did_you_mean
 from poet.errors import CheckpointError
 from poet.fileio import atomic_path
-from poet.model.config import POSITION_EMBEDDINGS, RESNET_NAMES, PoetConfig, describe, did_you_mean
+from poet.model.config import POSITION_EMBEDDINGS, RESNET_NAMES, PoetConfig
 from poet.model.poet import POET
 from poet.modelinfo import preprocess_from_dict
 from poet.processing import PreprocessConfig

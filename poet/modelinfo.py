@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from poet.checks import describe
 from poet.errors import ModelError
 from poet.processing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
@@ -113,7 +114,7 @@ class ModelInfo:
         ``decoded`` says), so a hand-edited or damaged file fails here, naming the field, and not later.
         """
         if not isinstance(data, Mapping):
-            raise ValueError(f"model info must be a JSON object, got {_describe(data)}")
+            raise ValueError(f"model info must be a JSON object, got {describe(data)}")
         version = data.get("format_version")
         if isinstance(version, bool) or version != FORMAT_VERSION:
             raise ValueError(f"model info format_version {version!r} is not the supported {FORMAT_VERSION}")
@@ -133,13 +134,13 @@ class ModelInfo:
             target = _choice(target, "target (null unless int8)", INT8_TARGETS)
         decoded = data["decoded"]
         if not isinstance(decoded, bool):
-            raise ValueError(f"decoded must be true or false, got {_describe(decoded)}")
+            raise ValueError(f"decoded must be true or false, got {describe(decoded)}")
         float_ops = data.get("float_ops", [])
         if not isinstance(float_ops, list) or not all(isinstance(op, str) for op in float_ops):
-            raise ValueError(f"float_ops must be a list of op type names, got {_describe(float_ops)}")
+            raise ValueError(f"float_ops must be a list of op type names, got {describe(float_ops)}")
         extra = data.get("extra", {})
         if not isinstance(extra, Mapping):
-            raise ValueError(f"extra must be a JSON object, got {_describe(extra)}")
+            raise ValueError(f"extra must be a JSON object, got {describe(extra)}")
         expected = {"inputs": [IMAGES, MASK], "outputs": list(DECODED_OUTPUTS if decoded else RAW_OUTPUTS)}
         for name, names in expected.items():
             if name in data and data[name] != names:
@@ -171,24 +172,15 @@ class ModelInfo:
 _REQUIRED = ("preprocess", "num_queries", "input_format", "batch", "max_batch", "precision", "decoded")
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    if value is None or isinstance(value, (bool, int, float)):
-        return text
-    return f"{text} (a {'string' if isinstance(value, str) else type(value).__name__})"
-
-
 def _whole(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be a whole number of at least {minimum}, got {_describe(value)}")
+        raise ValueError(f"{name} must be a whole number of at least {minimum}, got {describe(value)}")
     return value
 
 
 def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices or not isinstance(value, str):
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {_describe(value)}")
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {describe(value)}")
     return value
 
 
@@ -198,7 +190,7 @@ def _numbers(value: Any, name: str, count: int) -> tuple[float, ...]:
         or len(value) != count
         or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value)
     ):
-        raise ValueError(f"{name} must be {count} finite numbers, got {_describe(value)}")
+        raise ValueError(f"{name} must be {count} finite numbers, got {describe(value)}")
     return tuple(float(v) for v in value)
 
 
@@ -210,7 +202,7 @@ def preprocess_from_dict(data: Any, name: str = "preprocess") -> PreprocessConfi
     ImageNet's.
     """
     if not isinstance(data, Mapping):
-        raise ValueError(f"{name} must be an object with input_size, mean and std, got {_describe(data)}")
+        raise ValueError(f"{name} must be an object with input_size, mean and std, got {describe(data)}")
     if "input_size" not in data:
         raise ValueError(f"{name} lacks the field 'input_size'")
     size = data["input_size"]
@@ -220,7 +212,7 @@ def preprocess_from_dict(data: Any, name: str = "preprocess") -> PreprocessConfi
         or any(isinstance(v, bool) or not isinstance(v, int) or v < 32 for v in size)
     ):
         raise ValueError(
-            f"{name}.input_size must be two whole numbers of at least 32 (height, width), got {_describe(size)}"
+            f"{name}.input_size must be two whole numbers of at least 32 (height, width), got {describe(size)}"
         )
     mean = _numbers(data.get("mean", list(IMAGENET_MEAN)), f"{name}.mean", 3)
     std = _numbers(data.get("std", list(IMAGENET_STD)), f"{name}.std", 3)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import re
 import sys
 import types
@@ -26,8 +25,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from poet.checks import check_value, describe, did_you_mean
 from poet.errors import PoetError
-from poet.model.config import POSITION_EMBEDDINGS, RESNET_NAMES, PoetConfig, describe, did_you_mean
+from poet.model.config import POSITION_EMBEDDINGS, RESNET_NAMES, PoetConfig
 from poet.processing import PreprocessConfig
 
 if sys.version_info >= (3, 11):
@@ -357,25 +357,11 @@ def _scalar(label: str, value: Any, kind: Any) -> Any:
         raise ValueError(
             f"{label} must be {_kind_name(kind, article=True)}, not a list or table, got {describe(value)}"
         )
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{label} must be true or false, got {describe(value)}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{label} must be a whole number, got {describe(value)}")
-        return value
-    if kind is float:
-        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            value = float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{label} must be a finite number, got {describe(value)}")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{label} must be a string, got {describe(value)} (quote it in the file)")
-        return value
-    return value  # pragma: no cover - every TrainConfig field is one of the above
+    if kind is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        value = float(value)
+    if kind is str and not isinstance(value, str):
+        raise ValueError(f"{label} must be a string, got {describe(value)} (quote it in the file)")
+    return check_value(label, value, kind) if kind in (bool, int, float, str) else value
 
 
 def _in_range(label: str, name: str, value: Any) -> None:
