@@ -154,7 +154,7 @@ def lines(fixtures: Path) -> list[Line]:
             [
                 Check(
                     [*run_photo, "--jsonl", "poses.jsonl", "--save-images", "drawn", "--no-progress"],
-                    expect_text="1 frames from",
+                    expect_text="1 frame from",
                     files=["poses.jsonl", "drawn/000000397133.jpg"],
                 ),
                 Check(["poet-synth", "synth", "--train", "4", "--val", "2", "--size", "64", "64", "--no-progress"]),
