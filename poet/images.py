@@ -23,23 +23,19 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 def to_bgr_uint8(image: np.ndarray, source: str = "image", rgb: bool = False) -> np.ndarray:
     """Validate an array and return it as HxWx3 uint8 BGR; ``rgb=True`` says the input channels are RGB."""
     if not isinstance(image, np.ndarray):
-        raise ImageError(f"{source}: expected a numpy array (HxWx3 uint8), got {type(image).__name__}")
-    if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ImageError(f"{source}: expected an HxW or HxWxC image with non-zero size, got shape {image.shape}")
+        raise ImageError(f"{source}: expected {EXPECTED_IMAGE}; got {_describe(image)}")
+    problem = _array_problem(image)
+    if problem is not None:
+        raise ImageError(f"{source} is {_describe(image)}: {problem}")
     if image.dtype == np.uint16:
         logger.warning("%s is 16-bit; scaling to 8-bit", source)
         image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ImageError(f"{source}: expected uint8 pixels (0-255), got dtype {image.dtype}")
     if image.ndim == 2 or image.shape[2] == 1:
         logger.warning("%s is grayscale; replicating it to three channels", source)
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    channels = image.shape[2]
-    if channels == 4:
+    if image.shape[2] == 4:
         logger.warning("%s has an alpha channel; ignoring it", source)
         image = image[..., :3]
-    elif channels != 3:
-        raise ImageError(f"{source}: expected 1, 3 or 4 channels, got {channels}")
     return np.ascontiguousarray(image[..., ::-1] if rgb else image)
 
 
@@ -57,13 +53,88 @@ def read_image(path: str | Path) -> np.ndarray:
 
 ImageInput = str | Path | np.ndarray
 
+EXPECTED_IMAGE = "an HxWx3 uint8 BGR array (as cv2.imread gives it) or a path"
+
+
+def _describe(value: object) -> str:
+    """What was given instead of an image, in a few words: its type, and an array's shape and dtype."""
+    if value is None:
+        return "None (what cv2.imread gives for a file it cannot read: check the path)"
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    return f"type {type(value).__name__}"
+
+
+def _array_problem(image: np.ndarray) -> str | None:
+    """Why ``image`` is no image :func:`to_bgr_uint8` can take or convert, or None if it is one."""
+    if image.ndim == 4:
+        return "a batch of images? pass a list of HxWx3 arrays"
+    if image.ndim not in (2, 3):
+        return "expected 3 dimensions (height, width, channels)"
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        return "it has no pixels (expected a non-zero size)"
+    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
+        return f"expected 3 channels (BGR), got {image.shape[2]}; 1 (grayscale) and 4 (alpha) are converted"
+    if image.dtype.kind == "f":
+        return (
+            "the pixels are floats; scale them to 0-255 first (expected uint8 pixels), "
+            "e.g. (image * 255).clip(0, 255).astype(np.uint8)"
+        )
+    if image.dtype not in (np.uint8, np.uint16):
+        return f"expected uint8 pixels, 0-255 ({image.dtype} is not an image type; 16-bit is converted)"
+    return None
+
+
+def check_image_input(images: object) -> None:
+    """Refuse what a predictor's ``predict`` cannot take, in one line naming what was given and why.
+
+    What it can take is read and converted (grayscale, alpha, 16-bit, with a warning) by :func:`load_images`.
+    """
+    items: list[tuple[str, object]]
+    if isinstance(images, (str, Path, np.ndarray)):
+        items = [("image", images)]
+    elif isinstance(images, Sequence) and not isinstance(images, (bytes, bytearray, memoryview)):
+        items = [(f"image {index} of the list", item) for index, item in enumerate(images)]
+    else:
+        raise ImageError(f"predict expected {EXPECTED_IMAGE}, or a list of them; got {_describe(images)}")
+    for said, item in items:
+        if isinstance(item, np.ndarray):
+            problem = _array_problem(item)
+            if problem is not None:
+                raise ImageError(f"predict expected {EXPECTED_IMAGE}; {said} is {_describe(item)}: {problem}")
+        elif isinstance(item, (str, Path)):
+            if Path(item).is_dir():
+                raise ImageError(f"{said} {item} is a folder; expected an image file (poet-run takes folders)")
+        else:
+            raise ImageError(f"predict expected {EXPECTED_IMAGE}; {said} is {_describe(item)}")
+
+
+def check_arrays(images: Sequence[np.ndarray]) -> None:
+    """A predictor's ``predict_arrays`` takes HxWx3 BGR uint8 arrays only; anything else is one clear error."""
+    if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
+        raise ImageError(f"predict_arrays expected a list of HxWx3 uint8 BGR arrays; got {_describe(images)}")
+    for index, image in enumerate(images):
+        if not (
+            isinstance(image, np.ndarray)
+            and image.dtype == np.uint8
+            and image.ndim == 3
+            and image.shape[2] == 3
+            and image.shape[0] > 0
+            and image.shape[1] > 0
+        ):
+            raise ImageError(
+                f"predict_arrays expected HxWx3 uint8 BGR arrays (predict converts paths, grayscale, alpha and "
+                f"16-bit images); image {index} is {_describe(image)}"
+            )
+
 
 def load_images(images: ImageInput | Sequence[ImageInput], rgb: bool = False) -> tuple[list[np.ndarray], bool]:
     """Paths and arrays -> checked BGR uint8 arrays, and whether a single image (not a list) was given.
 
     What every predictor (PyTorch or the runtime) accepts: a path, an array as OpenCV gives it
-    (``rgb=True`` for RGB arrays), or a list of them.
+    (``rgb=True`` for RGB arrays), or a list of them; anything else is refused by :func:`check_image_input`.
     """
+    check_image_input(images)
     single = isinstance(images, (str, Path, np.ndarray))
     items: Sequence[ImageInput] = [images] if isinstance(images, (str, Path, np.ndarray)) else images
     arrays = [

@@ -13,83 +13,10 @@ from typing import overload
 
 import numpy as np
 
-from poet.errors import ImageError
-from poet.images import ImageInput, load_images
+from poet.images import ImageInput, check_arrays, load_images
 from poet.modelinfo import UINT8_NHWC, ModelInfo
 from poet.processing import Letterbox, Pose, decode_poses, letterbox_batch, poses_from_decoded, preprocess
 from poet.runtime.backends import Backend, OnnxRuntimeBackend, Provider, load_backend
-
-EXPECTED_IMAGE = "an HxWx3 uint8 BGR array (as cv2.imread gives it) or a path"
-
-
-def _describe(value: object) -> str:
-    """What was given instead of an image, in a few words: its type, and an array's shape and dtype."""
-    if value is None:
-        return "None (what cv2.imread gives for a file it cannot read: check the path)"
-    if isinstance(value, np.ndarray):
-        return f"an array of shape {value.shape} and dtype {value.dtype}"
-    return f"type {type(value).__name__}"
-
-
-def _array_problem(image: np.ndarray) -> str | None:
-    """Why ``image`` is no image :func:`poet.images.to_bgr_uint8` can take or convert, or None if it is one."""
-    if image.ndim == 4:
-        return "a batch of images? pass a list of HxWx3 arrays"
-    if image.ndim not in (2, 3):
-        return "expected 3 dimensions (height, width, channels)"
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        return "it has no pixels (expected a non-zero size)"
-    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
-        return f"expected 3 channels (BGR), got {image.shape[2]}; 1 (grayscale) and 4 (alpha) are converted"
-    if image.dtype.kind == "f":
-        return "the pixels are floats; scale them to 0-255 first, e.g. (image * 255).clip(0, 255).astype(np.uint8)"
-    if image.dtype not in (np.uint8, np.uint16):
-        return f"expected uint8 pixels, 0-255 ({image.dtype} is not an image type; 16-bit is converted)"
-    return None
-
-
-def check_image_input(images: object) -> None:
-    """Refuse what :meth:`PoseEstimator.predict` cannot take, in one line naming what was given and why.
-
-    What it can take is read and converted (grayscale, alpha, 16-bit, with a warning) by
-    :func:`poet.images.load_images`.
-    """
-    items: list[tuple[str, object]]
-    if isinstance(images, (str, Path, np.ndarray)):
-        items = [("image", images)]
-    elif isinstance(images, Sequence) and not isinstance(images, (bytes, bytearray, memoryview)):
-        items = [(f"image {index} of the list", item) for index, item in enumerate(images)]
-    else:
-        raise ImageError(f"predict expected {EXPECTED_IMAGE}, or a list of them; got {_describe(images)}")
-    for said, item in items:
-        if isinstance(item, np.ndarray):
-            problem = _array_problem(item)
-            if problem is not None:
-                raise ImageError(f"predict expected {EXPECTED_IMAGE}; {said} is {_describe(item)}: {problem}")
-        elif isinstance(item, (str, Path)):
-            if Path(item).is_dir():
-                raise ImageError(f"{said} {item} is a folder; expected an image file (poet-run takes folders)")
-        else:
-            raise ImageError(f"predict expected {EXPECTED_IMAGE}; {said} is {_describe(item)}")
-
-
-def check_arrays(images: Sequence[np.ndarray]) -> None:
-    """:meth:`PoseEstimator.predict_arrays` takes checked images only; anything else is one clear error."""
-    if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
-        raise ImageError(f"predict_arrays expected a list of HxWx3 uint8 BGR arrays; got {_describe(images)}")
-    for index, image in enumerate(images):
-        if not (
-            isinstance(image, np.ndarray)
-            and image.dtype == np.uint8
-            and image.ndim == 3
-            and image.shape[2] == 3
-            and image.shape[0] > 0
-            and image.shape[1] > 0
-        ):
-            raise ImageError(
-                f"predict_arrays expected HxWx3 uint8 BGR arrays (predict converts paths, grayscale, alpha and "
-                f"16-bit images); image {index} is {_describe(image)}"
-            )
 
 
 class PoseEstimator:
@@ -155,14 +82,16 @@ class PoseEstimator:
         failed ``cv2.imread``, float pixels, 2 or 5 channels, a 4-D batch array) is an :class:`ImageError`
         saying what was expected and what was given.
         """
-        check_image_input(images)
         arrays, single = load_images(images, rgb)
-        poses = self.predict_arrays(arrays)
+        poses = self._predict_arrays(arrays)
         return poses[0] if single else poses
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> list[list[Pose]]:
-        """Poses for checked BGR uint8 images, in chunks the model's batch size allows."""
+        """Poses for HxWx3 BGR uint8 images, in chunks the model's batch size allows; anything else is refused."""
         check_arrays(images)
+        return self._predict_arrays(images)
+
+    def _predict_arrays(self, images: Sequence[np.ndarray]) -> list[list[Pose]]:
         poses: list[list[Pose]] = []
         for start in range(0, len(images), self.backend.max_batch):
             chunk = images[start : start + self.backend.max_batch]
