@@ -124,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         calibration_paths(CalibrationSet(args.calib_images, args.calib_annotations), args.calib_count)
     onnx = precision_onnx(args)
-    check_onnx_file(onnx)
-    if version is None:
+    if version is None:  # with TensorRT, build_engine runs the graph check itself
+        check_onnx_file(onnx)
         raise PoetError(
             f"TensorRT is needed for the engine and is not installed here; {onnx} is ready and passes the TensorRT "
             f"graph check: on the target device run {target_command(onnx, args)}"

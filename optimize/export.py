@@ -8,7 +8,6 @@ The graph follows the contract in :mod:`poet.modelinfo`: inputs ``images`` and `
 from __future__ import annotations
 
 import io
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,6 @@ from poet.modelinfo import (
 from poet.optimize.tensorrt_check import tensorrt_verdict
 from poet.processing import NUM_CLASSES, PERSON_CLASS, PreprocessConfig, letterbox_batch, preprocess
 from poet.synthetic import render_image
-
-logger = logging.getLogger("poet")
 
 FP32_TOLERANCE = 1e-4
 MIN_OPSET = 17
@@ -221,10 +218,7 @@ def export_onnx(
         graph = _trace(wrapper, info, sample_batch, opset)
         steps.update()
         graph = onnxslim.slim(graph)
-        verdict = tensorrt_verdict(graph, output)
-        if not verdict.startswith("passed"):
-            logger.warning("%s", verdict)
-        info = info.replace(extra={**info.extra, "tensorrt_check": verdict})
+        info = info.replace(extra={**info.extra, "tensorrt_check": tensorrt_verdict(graph, output)})
         write_model_info(graph, info)
         steps.update()
         try:

@@ -275,8 +275,6 @@ def make_variant(
             verdict = f"not a TensorRT graph (INT8 for {target})"
         else:
             verdict = tensorrt_verdict(variant, output)
-            if not verdict.startswith("passed"):
-                logger.warning("%s", verdict)
         float_ops = _float_op_types(counts) if precision != "fp32" else ()
         variant_info = info.replace(
             precision=precision,

@@ -12,6 +12,7 @@ Needs onnx, not TensorRT.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -25,6 +26,8 @@ from onnx import TensorProto, numpy_helper
 
 from poet.errors import PoetError
 from poet.modelinfo import load_onnx
+
+logger = logging.getLogger("poet")
 
 TABLE_FILE = "tensorrt_onnx_ops.json"
 # Inputs that carry shapes, indices, axes or conditions rather than the op's data, so their type is not the
@@ -328,9 +331,14 @@ def require_tensorrt_graph(model: onnx.ModelProto, path: str | Path, versions: S
 
 
 def tensorrt_verdict(model: onnx.ModelProto, path: str | Path) -> str:
-    """What poet-edge records in an ONNX's model info: ``passed (TensorRT 10.3, 11)`` or the one-line failure."""
+    """What poet-edge records in an ONNX's model info: ``passed (TensorRT 10.3, 11)``, or the one-line failure,
+    which is also logged as a warning (the ONNX still serves ONNX Runtime; poet-build-engine refuses it)."""
     violations = check_graph(model)
-    return summary(violations, path) if violations else f"passed (TensorRT {', '.join(tables())})"
+    if not violations:
+        return f"passed (TensorRT {', '.join(tables())})"
+    verdict = summary(violations, path)
+    logger.warning("%s", verdict)
+    return verdict
 
 
 def check_onnx_file(path: str | Path, versions: Sequence[str] | None = None) -> None:

@@ -35,23 +35,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Delete the temporary files a killed writer of ``target`` left (their process is gone); returns them."""
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files killed writers left in ``folder`` (their process is gone); returns them."""
     removed = []
-    prefix = f".{target.name}{_TMP_MARK}"
-    with contextlib.suppress(OSError):
-        for candidate in target.parent.glob(f"{glob_escape(prefix)}*"):
-            pid_text = candidate.name[len(prefix) :].split("-", 1)[0]
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            mark = entry.name.rfind(_TMP_MARK)
+            if not entry.name.startswith(".") or mark < 0:
+                continue
+            pid_text = entry.name[mark + len(_TMP_MARK) :].split("-", 1)[0]
             if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
                 with contextlib.suppress(OSError):
-                    candidate.unlink()
-                    removed.append(candidate)
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
     return removed
 
 
-def glob_escape(text: str) -> str:
-    """``text`` with glob's special characters taken literally (file names may hold ``[`` or ``*``)."""
-    return "".join(f"[{char}]" if char in "*?[" else char for char in text)
+# Folders this process has swept for a killed writer's leftovers: once each, so writing thousands of files into
+# one folder (poet-run --save-images) does not list it thousands of times.
+_SWEPT: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -59,14 +61,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temp file lives in the same folder so the final ``os.replace`` is atomic on POSIX, and an
-    interrupted or failed write leaves any previous file at ``path`` untouched. Leftovers of a killed
-    earlier writer of the same file are removed first. An OSError while writing (a full disk, a
-    read-only folder) becomes an :class:`OutputError` naming ``path``, not the temporary file.
+    interrupted or failed write leaves any previous file at ``path`` untouched. Leftovers of killed earlier
+    writers in the folder are removed first (once per folder and process). An OSError while writing (a full
+    disk, a read-only folder) becomes an :class:`OutputError` naming ``path``, not the temporary file.
     """
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(target)
+        folder = os.path.realpath(target.parent)
+        if folder not in _SWEPT:
+            _SWEPT.add(folder)
+            remove_stale_temporaries(target.parent)
         prefix = f".{target.name}{_TMP_MARK}{os.getpid()}-"
         fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp" + target.suffix, dir=target.parent)
     except OSError as error:
@@ -118,9 +123,26 @@ def check_writable(path: str | Path) -> None:
 
 def check_not_input(output: str | Path, *inputs: str | Path | None) -> None:
     """Refuse an output path that is one of the inputs (symlinks and relative paths resolved): never overwrite input."""
-    target = Path(output).resolve()
-    for source in inputs:
-        if source is not None and Path(source).exists() and Path(source).resolve() == target:
+    _refuse_inputs([Path(output)], [source for source in inputs if source is not None])
+
+
+def check_outputs(outputs: Sequence[Path], inputs: Sequence[Path] = ()) -> None:
+    """:func:`check_writable` and :func:`check_not_input` for many outputs: a probe per folder, inputs resolved once."""
+    probed: set[Path] = set()
+    for output in outputs:
+        if output.parent not in probed:
+            check_writable(output)
+            probed.add(output.parent)
+        elif output.is_dir():
+            raise OutputError(f"cannot write {output}: it is a folder; give a file name")
+    _refuse_inputs(outputs, inputs)
+
+
+def _refuse_inputs(outputs: Sequence[Path], inputs: Sequence[str | Path]) -> None:
+    resolved = {Path(source).resolve(): source for source in inputs if Path(source).exists()}
+    for output in outputs:
+        source = resolved.get(Path(output).resolve())
+        if source is not None:
             raise OutputError(f"cannot write {output}: it is the input {source}; give another output path")
 
 

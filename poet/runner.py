@@ -12,7 +12,7 @@ from poet.checkpoint import load_model
 from poet.drawing import draw_poses, save_image
 from poet.errors import ImageError
 from poet.evaluation import evaluate_predictions
-from poet.fileio import check_not_input, check_writable, unique_names, write_json
+from poet.fileio import check_outputs, unique_names, write_json
 from poet.images import list_images, read_image
 from poet.model.poet import POET
 from poet.predictor import Predictor
@@ -71,9 +71,7 @@ def predict_files(
     if not files:
         raise ImageError(f"no images in {', '.join(map(str, sources))} (expected .jpg, .png, ... files or folders)")
     targets = [output_dir / name for name in unique_names([f"{path.stem}_poses.png" for path in files])]
-    for target in (output_dir / "poses.json", *targets):
-        check_writable(target)
-        check_not_input(target, *files)
+    check_outputs([output_dir / "poses.json", *targets], files)
     predictor = Predictor(load_model(checkpoint, device, input_size), device, score_threshold, max_people, batch_size)
     written: list[Path] = []
     records: list[dict[str, Any]] = []

@@ -16,6 +16,8 @@ import numpy as np
 
 from poet.errors import ModelError
 from poet.modelinfo import DECODED_OUTPUTS, IMAGES, MASK, UINT8_NHWC, ModelInfo, info_from_metadata
+from poet.processing import KEYPOINT_OUTPUTS, NUM_CLASSES
+from poet.skeleton import NUM_KEYPOINTS
 
 # File suffix -> backend name; "auto" looks the model's suffix up here.
 BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -105,9 +107,12 @@ class OnnxRuntimeBackend:
             raise ModelError(f"{self.path} lacks the outputs {sorted(missing)} its metadata promises")
         queries = info.num_queries
         if info.output_names == DECODED_OUTPUTS:
-            promised = {"scores": [batch, queries], "keypoints": [batch, queries, 17, 3]}
+            promised = {"scores": [batch, queries], "keypoints": [batch, queries, NUM_KEYPOINTS, 3]}
         else:
-            promised = {"pred_logits": [batch, queries, 3], "pred_kpts": [batch, queries, 53]}
+            promised = {
+                "pred_logits": [batch, queries, NUM_CLASSES + 1],
+                "pred_kpts": [batch, queries, KEYPOINT_OUTPUTS],
+            }
         for name, shape in promised.items():
             # The outputs' batch dimension is not compared: the runtime keeps the rows of the images it gave.
             self._check_shape("output", name, outputs[name].shape, shape, skip_batch=True)

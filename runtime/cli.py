@@ -268,18 +268,20 @@ def run(
     jsonl: Path | None = None,
     max_frames: int | None = None,
     progress: bool = True,
+    plan: OutputPlan | None = None,
 ) -> RunStats:
     """Poses for every frame of ``source``, written to the chosen outputs.
 
-    The outputs are checked first (:func:`plan_outputs`). They appear only complete: the end of the source,
-    a failing camera, ``q`` in the window or Ctrl-C finish them with the frames processed so far; an error
-    leaves none behind.
+    The outputs are checked first (:func:`plan_outputs`), unless ``plan`` is that check, already made for
+    them. They appear only complete: the end of the source, a failing camera, ``q`` in the window or Ctrl-C
+    finish them with the frames processed so far; an error leaves none behind.
     """
     stats = RunStats()
     draw = show or save_video is not None or save_images is not None
     with contextlib.ExitStack() as stack:
         stack.callback(source.close)
-        plan = plan_outputs(source, save_images=save_images, jsonl=jsonl, save_video=save_video)
+        if plan is None:
+            plan = plan_outputs(source, save_images=save_images, jsonl=jsonl, save_video=save_video)
         if show:
             open_window()
             stack.callback(cv2.destroyWindow, WINDOW)
@@ -393,7 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         source.close()
         raise
-    stats = run(estimator, source, progress=not args.no_progress, **{name: options[name] for name in RUN_OPTIONS})
+    run_options = {name: options[name] for name in RUN_OPTIONS}
+    stats = run(estimator, source, progress=not args.no_progress, plan=plan, **run_options)
     print(stats.summary(args.source))
     written = stats.written_line(plan)
     if written is not None:

@@ -21,7 +21,7 @@ def dead_pid() -> int:
     return child.pid
 
 
-def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path):
+def test_a_killed_writers_temporaries_are_removed_and_a_live_ones_kept(tmp_path):
     target = tmp_path / "poses [1].json"
     stale = tmp_path / f".{target.name}.poet-tmp-{dead_pid()}-abc123.tmp.json"
     live = tmp_path / f".{target.name}.poet-tmp-{os.getppid()}-def456.tmp.json"
@@ -32,8 +32,11 @@ def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path):
         assert tmp.name.startswith(f".{target.name}.poet-tmp-{os.getpid()}-")
         tmp.write_text("whole")
     assert target.read_text() == "whole"
-    assert not stale.exists() and live.exists() and other.exists()
-    assert remove_stale_temporaries(tmp_path / "other.json") == [other]
+    assert not stale.exists() and not other.exists() and live.exists()
+    again = tmp_path / f".{target.name}.poet-tmp-{dead_pid()}-jkl012.tmp.json"
+    again.write_text("partial")
+    assert remove_stale_temporaries(tmp_path) == [again]
+    assert live.exists()
 
 
 def test_a_failed_write_keeps_the_previous_file_and_names_the_target(tmp_path):

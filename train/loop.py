@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from poet.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from poet.errors import DatasetError, OutputError, PoetError
+from poet.errors import DatasetError, PoetError
 from poet.evaluation import coco_split_paths, load_coco_keypoints
 from poet.fileio import atomic_path, check_writable
 from poet.model import POET, load_backbone_weights
@@ -221,9 +221,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed + self.dist.rank)
         self.output_dir = Path(config.output_dir)
-        if self.output_dir.exists() and not self.output_dir.is_dir():
-            raise OutputError(f"--output {self.output_dir} is a file; expected a folder for checkpoints and logs")
-        check_writable(self.output_dir / "checkpoint.pth")
+        check_writable(self.output_dir / "checkpoint.pth")  # a file in the way or a read-only disk: before any work
         train_paths = _coco_split(config, config.train_split, config.train_annotations, config.train_images)
         if train_paths is None:
             raise DatasetError("no training data: give --data COCO_ROOT or --train-annotations and --train-images")

@@ -371,7 +371,7 @@ def cases(fx: Path) -> list[Case]:
             "output",
             "poet-train: --output is a file",
             ["poet-train", "--config", "synthetic-small", "--data", data, "--output", one],
-            text="is a file; expected a folder",
+            text="is a file, not a folder",
         ),
         Case(
             "output",
