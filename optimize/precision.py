@@ -44,7 +44,7 @@ from poet.optimize.calibration import (
     split_exclusions,
 )
 from poet.optimize.export import export_onnx, verification_batch
-from poet.optimize.tensorrt_check import tensorrt_verdict
+from poet.optimize.tensorrt_check import default_opset, tensorrt_verdict
 from poet.optimize.variants import find_variant
 
 logger = logging.getLogger("poet")
@@ -286,7 +286,7 @@ def make_variant(
                 "op_precision": counts,
                 "tensorrt_check": verdict,
                 # ModelOpt raises the opset (19 for Q/DQ with its scale types); record what the file has.
-                "opset": next(entry.version for entry in variant.opset_import if entry.domain in ("", "ai.onnx")),
+                "opset": default_opset(variant),
             },
         )
         write_model_info(variant, variant_info)

@@ -140,7 +140,8 @@ def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default ONNX domain the model imports (0 if none)."""
     return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
 
 
@@ -150,7 +151,7 @@ def _name(node: onnx.NodeProto) -> str:
 
 def _check_opset(graph: _Graph, version: str, table: dict[str, Any]) -> Iterator[Violation]:
     low, high = table["opsets"]
-    opset = _opset(graph.model)
+    opset = default_opset(graph.model)
     if not low <= opset <= high:
         yield Violation(
             version, "opset", "the model", "", f"opset {opset} is outside the {low}-{high} this parser imports"

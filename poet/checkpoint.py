@@ -35,7 +35,6 @@ from poet.errors import CheckpointError
 from poet.fileio import atomic_path
 from poet.model.config import POSITION_EMBEDDINGS, RESNET_NAMES, PoetConfig
 from poet.model.poet import POET
-from poet.modelinfo import preprocess_from_dict
 from poet.processing import PreprocessConfig
 
 FORMAT_NAME = "poet-edge"
@@ -354,7 +353,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         except ValueError as error:
             raise CheckpointError(f"{path}: config: {error}") from None
         try:
-            preprocess = preprocess_from_dict(raw["preprocess"], "preprocess")
+            preprocess = PreprocessConfig.from_dict(raw["preprocess"], "preprocess")
         except ValueError as error:
             raise CheckpointError(f"{path}: {error}") from None
         state = _state_dict(raw["model"], path, "model")

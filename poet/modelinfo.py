@@ -19,7 +19,6 @@ Tensor contract of every exported model:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from poet.checks import describe
 from poet.errors import ModelError
-from poet.processing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from poet.processing import PreprocessConfig
 
 if TYPE_CHECKING:
     import onnx
@@ -121,7 +120,7 @@ class ModelInfo:
         missing = [name for name in _REQUIRED if name not in data]
         if missing:
             raise ValueError(f"model info lacks the field {missing[0]!r}")
-        preprocess = preprocess_from_dict(data["preprocess"], "preprocess")
+        preprocess = PreprocessConfig.from_dict(data["preprocess"], "preprocess")
         num_queries = _whole(data["num_queries"], "num_queries", 1)
         input_format = _choice(data["input_format"], "input_format", INPUT_FORMATS)
         batch = None if data["batch"] is None else _whole(data["batch"], "batch (null for a dynamic batch)", 1)
@@ -182,43 +181,6 @@ def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices or not isinstance(value, str):
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {describe(value)}")
     return value
-
-
-def _numbers(value: Any, name: str, count: int) -> tuple[float, ...]:
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) != count
-        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value)
-    ):
-        raise ValueError(f"{name} must be {count} finite numbers, got {describe(value)}")
-    return tuple(float(v) for v in value)
-
-
-def preprocess_from_dict(data: Any, name: str = "preprocess") -> PreprocessConfig:
-    """A :class:`PreprocessConfig` from its dict (in model info or a checkpoint), every field checked.
-
-    ValueError names the field (``name.input_size`` ...): ``input_size`` two whole numbers of at least 32
-    (height, width), ``mean`` and ``std`` three finite numbers each (std above 0); the last two default to
-    ImageNet's.
-    """
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{name} must be an object with input_size, mean and std, got {describe(data)}")
-    if "input_size" not in data:
-        raise ValueError(f"{name} lacks the field 'input_size'")
-    size = data["input_size"]
-    if (
-        not isinstance(size, (list, tuple))
-        or len(size) != 2
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 32 for v in size)
-    ):
-        raise ValueError(
-            f"{name}.input_size must be two whole numbers of at least 32 (height, width), got {describe(size)}"
-        )
-    mean = _numbers(data.get("mean", list(IMAGENET_MEAN)), f"{name}.mean", 3)
-    std = _numbers(data.get("std", list(IMAGENET_STD)), f"{name}.std", 3)
-    if min(std) <= 0:
-        raise ValueError(f"{name}.std must be above 0 (it divides), got {list(std)}")
-    return PreprocessConfig(input_size=(size[0], size[1]), mean=mean, std=std)  # type: ignore[arg-type]
 
 
 def info_from_metadata(metadata: Mapping[str, str], source: str | Path) -> ModelInfo:

@@ -12,13 +12,15 @@ and ``4 + 3k`` is its visibility score.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
+from poet.checks import describe
 from poet.skeleton import NUM_KEYPOINTS
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -48,11 +50,40 @@ class PreprocessConfig:
         return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        height, width = (int(v) for v in data["input_size"])
-        mean = tuple(float(v) for v in data.get("mean", IMAGENET_MEAN))
-        std = tuple(float(v) for v in data.get("std", IMAGENET_STD))
-        return cls(input_size=(height, width), mean=mean, std=std)  # type: ignore[arg-type]
+    def from_dict(cls, data: Any, name: str = "preprocess") -> PreprocessConfig:
+        """From its dict (in model info or a checkpoint), every field checked; ValueError names it (``name.std``).
+
+        ``input_size`` two whole numbers of at least 32 (height, width), ``mean`` and ``std`` three finite
+        numbers each (std above 0); the last two default to ImageNet's.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{name} must be an object with input_size, mean and std, got {describe(data)}")
+        if "input_size" not in data:
+            raise ValueError(f"{name} lacks the field 'input_size'")
+        size = data["input_size"]
+        if (
+            not isinstance(size, (list, tuple))
+            or len(size) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 32 for v in size)
+        ):
+            raise ValueError(
+                f"{name}.input_size must be two whole numbers of at least 32 (height, width), got {describe(size)}"
+            )
+        mean = _numbers(data.get("mean", list(IMAGENET_MEAN)), f"{name}.mean", 3)
+        std = _numbers(data.get("std", list(IMAGENET_STD)), f"{name}.std", 3)
+        if min(std) <= 0:
+            raise ValueError(f"{name}.std must be above 0 (it divides), got {list(std)}")
+        return cls(input_size=(size[0], size[1]), mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def _numbers(value: Any, name: str, count: int) -> tuple[float, ...]:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != count
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value)
+    ):
+        raise ValueError(f"{name} must be {count} finite numbers, got {describe(value)}")
+    return tuple(float(v) for v in value)
 
 
 @dataclass(frozen=True)

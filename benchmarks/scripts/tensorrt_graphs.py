@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from poet.modelinfo import load_onnx
-from poet.optimize.tensorrt_check import check_graph, summary, tables
+from poet.optimize.tensorrt_check import check_graph, default_opset, summary, tables
 
 INPUTS = ("float", "uint8")
 BATCHES = ("fixed", "dynamic")
@@ -75,7 +75,7 @@ def main() -> None:
             for name, path, seconds in rows:
                 model, _ = load_onnx(path)
                 violations = check_graph(model)
-                opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+                opset = default_opset(model)
                 verdict = "pass" if not violations else summary(violations, path.name)
                 print(
                     f"| {input_kind} | {batch_kind} | {name} | {len(model.graph.node)} | {opset} | {verdict} | "
