@@ -423,13 +423,15 @@ def _check_architecture(config: TrainConfig, where: str) -> None:
     except ValueError as error:
         raise PoetError(f"{where}: {error}") from None
     if model.position_embedding == "learned":
-        # The learned table has 50 positions per axis (the authors'): at most 50 features a side.
+        from poet.model.position_encoding import LearnedPositionEncoding
+
+        positions = LearnedPositionEncoding.max_positions  # per axis, the authors' table
         longest = -(-max(config.input_size) // model.output_stride)
-        if longest > 50:
+        if longest > positions:
             raise PoetError(
-                f"{where}: position_embedding 'learned' has 50 positions a side, but input_size {config.input_size} "
-                f"at output stride {model.output_stride} gives {longest} features; use 'sine' or at most "
-                f"{50 * model.output_stride} pixels"
+                f"{where}: position_embedding 'learned' has {positions} positions a side, but input_size "
+                f"{config.input_size} at output stride {model.output_stride} gives {longest} features; use 'sine' "
+                f"or at most {positions * model.output_stride} pixels"
             )
 
 
