@@ -201,19 +201,30 @@ def letterbox_batch(
 
 @dataclass
 class Pose:
-    """One person: ``keypoints`` (17, 3) as x, y in original-image pixels and a per-keypoint score."""
+    """One person: ``keypoints`` (17, 3) as x, y in original-image pixels and a per-keypoint score.
+
+    ``track_id`` is the person's identity across video frames (:class:`poet.runtime.tracking.PoseTracker`
+    sets it); None for a single image.
+    """
 
     keypoints: np.ndarray
     score: float
     box: np.ndarray = field(default_factory=lambda: np.zeros(4))
+    track_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The pose as JSON: score, box (x0, y0, x1, y1) and keypoints as [x, y, score] rows in original pixels."""
-        return {
+        """The pose as JSON: score, box (x0, y0, x1, y1) and keypoints as [x, y, score] rows in original pixels.
+
+        ``track_id`` is added only when set, so untracked output keeps its layout.
+        """
+        data: dict[str, Any] = {
             "score": round(float(self.score), 4),
             "box": [round(float(v), 1) for v in self.box],
             "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 3)] for x, y, s in self.keypoints],
         }
+        if self.track_id is not None:
+            data["track_id"] = int(self.track_id)
+        return data
 
     def to_coco(self, image_id: int) -> dict[str, Any]:
         """A COCO keypoint result entry (category 1, person)."""

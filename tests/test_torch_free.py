@@ -35,7 +35,7 @@ def test_torch_free_modules_run_without_torch_scipy_or_pycocotools(coco):
         f"""
         import numpy as np
         import poet, poet.runtime, poet.runtime.cli, poet.processing, poet.images, poet.drawing, poet.evaluation
-        import poet.skeleton, poet.console, poet.cli
+        import poet.skeleton, poet.console, poet.cli, poet.runtime.tracking, poet.runtime.smoothing
         from poet.images import read_image
         from poet.processing import PreprocessConfig, decode_poses, preprocess
 
