@@ -159,6 +159,23 @@ def lines(fixtures: Path) -> list[Line]:
                 ),
                 Check(["poet-synth", "synth", "--train", "4", "--val", "2", "--size", "64", "64", "--no-progress"]),
                 Check(["python", "-c", missing_name], expect_text="pip install 'poet-edge[model]'"),
+                Check(
+                    [*run_photo, "--backend", "openvino", "--no-progress"],
+                    2,
+                    "pip install 'poet-edge[openvino]'",
+                    one_error_line=True,
+                ),
+            ],
+        ),
+        Line(
+            "[openvino]",
+            ["openvino"],
+            [
+                Check(
+                    [*run_photo, "--backend", "openvino", "--precision", "fp32", "--jsonl", "poses.jsonl"],
+                    expect_text="1 frame from",
+                    files=["poses.jsonl"],
+                ),
             ],
         ),
         Line(

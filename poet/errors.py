@@ -23,6 +23,13 @@ class ModelError(PoetError):
     """A deployed model (ONNX file or TensorRT engine) that is missing, unreadable, or not a poet-edge model."""
 
 
+class BackendError(PoetError, ValueError):
+    """A backend or backend option that cannot apply: an unknown name, a precision the backend or CPU cannot run.
+
+    A ValueError too, as a wrong argument to ``PoseEstimator`` is.
+    """
+
+
 class OutputError(PoetError):
     """An output path that cannot be written (a file where a folder should be, no permission, a read-only disk)."""
 

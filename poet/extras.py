@@ -24,6 +24,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "optimize": ("optimisation", _OPTIMIZE),
     "bench": ("benchmark", (*_OPTIMIZE, "matplotlib")),
     "tensorrt": ("TensorRT", ("tensorrt", "cuda", "onnx")),
+    "openvino": ("OpenVINO", ("openvino",)),
 }
 
 

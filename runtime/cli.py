@@ -22,7 +22,7 @@ from poet.drawing import draw_poses, save_image
 from poet.errors import OutputError, PoetError
 from poet.fileio import atomic_path, check_writable, unique_names
 from poet.pipeline import timed_predict
-from poet.runtime.backends import BACKENDS
+from poet.runtime.backends import BACKENDS, INFERENCE_PRECISIONS
 from poet.runtime.estimator import PoseEstimator
 from poet.runtime.sources import DEFAULT_READ_TIMEOUT, Frame, FrameSource
 
@@ -31,7 +31,7 @@ WINDOW = "poet-run"
 DEFAULT_VIDEO_FPS = 10.0
 QUIT_KEYS = (ord("q"), 27)
 # Command-line options passed on by name: to the estimator, and to run() (what to write and when to stop).
-ESTIMATOR_OPTIONS = ("score_threshold", "max_people", "threads", "device", "cuda_graph")
+ESTIMATOR_OPTIONS = ("score_threshold", "max_people", "threads", "device", "cuda_graph", "precision")
 RUN_OPTIONS = ("show", "save_video", "save_images", "jsonl", "max_frames")
 
 
@@ -349,16 +349,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "source", help="image, folder of images (subfolders too), video file, camera index (0) or stream URL"
     )
-    parser.add_argument("--model", type=Path, required=True, help="poet-edge model: .onnx, or .engine/.plan")
     parser.add_argument(
-        "--backend", default="auto", choices=("auto", *BACKENDS), help="default: by suffix (.onnx: onnxruntime)"
+        "--model", type=Path, required=True, help="poet-edge model: .onnx, .engine/.plan or OpenVINO's .xml"
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", *BACKENDS),
+        help="default: by suffix (.onnx: onnxruntime, .engine/.plan: tensorrt, .xml: openvino)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=tuple(INFERENCE_PRECISIONS),
+        help="OpenVINO's precision for float ops (default: fp32; bf16 on CPUs with AVX512_BF16 or AMX); ONNX "
+        "Runtime and TensorRT run the precision their file holds",
     )
     parser.add_argument(
         "--score-threshold", type=float, metavar="S", default=0.5, help="minimum person score (default: 0.5)"
     )
     parser.add_argument("--max-people", type=positive_int, metavar="N", help="keep at most this many people per frame")
     parser.add_argument(
-        "--threads", type=positive_int, metavar="N", help="ONNX Runtime CPU threads (default: all cores)"
+        "--threads", type=positive_int, metavar="N", help="ONNX Runtime or OpenVINO CPU threads (default: all cores)"
     )
     parser.add_argument(
         "--device", type=int, metavar="N", default=0, help="CUDA device of a TensorRT engine (default: 0)"

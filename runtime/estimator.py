@@ -16,21 +16,23 @@ import numpy as np
 from poet.images import ImageInput, check_arrays, load_images
 from poet.modelinfo import UINT8_NHWC, ModelInfo
 from poet.processing import Letterbox, Pose, decode_poses, letterbox_batch, poses_from_decoded, preprocess
-from poet.runtime.backends import Backend, OnnxRuntimeBackend, Provider, load_backend
+from poet.runtime.backends import Backend, Provider, load_backend
 
 
 class PoseEstimator:
-    """Run a poet-edge ONNX model or TensorRT engine on images, without PyTorch.
+    """Run a poet-edge ONNX model, OpenVINO IR or TensorRT engine on images, without PyTorch.
 
     ``backend="auto"`` picks by suffix: ``.onnx`` -> ONNX Runtime (execution providers TensorRT,
     CUDA, CPU, whichever are installed, unless ``providers`` lists them), ``.engine``/``.plan`` ->
-    TensorRT (the engine's JSON sidecar is checked against this GPU and TensorRT first).
-    Letterbox size, normalisation and channel order come from the model's :class:`ModelInfo`, so
-    poses match the trained model.
+    TensorRT (the engine's JSON sidecar is checked against this GPU and TensorRT first), ``.xml`` ->
+    OpenVINO. ``backend="openvino"`` runs an ``.onnx`` in OpenVINO on the CPU, in ``precision`` ``fp32``
+    (the default) or ``bf16``. Letterbox size, normalisation and channel order come from the model's
+    :class:`ModelInfo`, so poses match the trained model.
 
     Safe to share between threads: the reusable uint8 input buffers are per thread, ONNX Runtime runs
-    concurrent calls on one session, and backends that are not thread-safe (TensorRT: one execution
-    context, stream and set of pinned buffers) run one call at a time under a lock. Per-thread buffers
+    concurrent calls on one session, OpenVINO gives each thread its own infer request, and backends that
+    are not thread-safe (TensorRT: one execution context, stream and set of pinned buffers) run one call at
+    a time under a lock. Per-thread buffers
     cost nothing measurable: ``predict_arrays`` of one 640x480 frame with the small uint8 test model took
     1.00x the time of the shared-buffer version (docs/runtime.md, "Threads").
     """
@@ -47,6 +49,7 @@ class PoseEstimator:
         spinning: bool = True,
         device: int = 0,
         cuda_graph: bool = False,
+        precision: str | None = None,
     ) -> None:
         self.backend: Backend = load_backend(
             path,
@@ -56,12 +59,13 @@ class PoseEstimator:
             spinning=spinning,
             device=device,
             cuda_graph=cuda_graph,
+            precision=precision,
         )
         self.score_threshold = score_threshold
         self.max_people = max_people
         self._local = threading.local()  # this thread's uint8 input buffers, by batch size
         self._infer_lock: contextlib.AbstractContextManager[object] = (
-            contextlib.nullcontext() if isinstance(self.backend, OnnxRuntimeBackend) else threading.Lock()
+            contextlib.nullcontext() if getattr(self.backend, "thread_safe", False) else threading.Lock()
         )
 
     @property

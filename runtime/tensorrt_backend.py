@@ -45,6 +45,8 @@ class TensorRTBackend:
     plain execution, with a warning, where capture fails or only pycuda is installed).
     """
 
+    thread_safe = False  # one execution context, stream and set of pinned buffers
+
     def __init__(self, engine_path: str | Path, *, device: int = 0, cuda_graph: bool = False) -> None:
         self.path = Path(engine_path)
         if not self.path.is_file():
