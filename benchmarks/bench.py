@@ -1,8 +1,8 @@
 """``poet-bench``: latency per stage beside OKS AP for every backend and precision of one checkpoint.
 
-Each variant (PyTorch eager, ONNX Runtime FP32/FP16/INT8, TensorRT FP16/INT8) is built once into
-``--work-dir`` and reused while the checkpoint and settings are unchanged. All variants are timed in
-turns (one batch of each per round) because CPU speed drifts over minutes on shared machines; each
+Each variant (PyTorch eager, ONNX Runtime FP32/FP16/INT8, TensorRT FP16/INT8, OpenVINO FP32/BF16/INT8) is
+built once into ``--work-dir`` and reused while the checkpoint and settings are unchanged. All variants are
+timed in turns (one batch of each per round) because CPU speed drifts over minutes on shared machines; each
 turn times letterbox (pre-process), inference and decoding (post-process) separately. OKS AP/AR come
 from the same images through the same runtime. Variants that cannot run here are reported as skipped
 with the reason. The report (``bench.json``, ``bench.md``, ``bench.png``) appears complete or not at all.
@@ -185,6 +185,8 @@ class VariantBuilder:
             return self.settings.checkpoint
         if row.backend == "tensorrt":
             return self.engine(row)
+        if row.backend == "openvino" and importlib.util.find_spec("openvino") is None:
+            raise VariantUnavailable('OpenVINO not installed (pip install "poet-edge[openvino]")')
         return self.onnx(row)
 
     def onnx(self, row: Variant) -> Path:
@@ -271,7 +273,14 @@ def load_pipeline(row: Variant, path: Path, settings: BenchSettings) -> PosePipe
 
     # ORT's idle threads must not spin: they would steal the cores from the variant timed next in turn (PyTorch
     # ran 10x slower beside spinning ORT threads on a 2-core machine).
-    return PoseEstimator(path, score_threshold=0.0, spinning=False, cuda_graph=settings.cuda_graph)
+    return PoseEstimator(
+        path,
+        row.backend,
+        score_threshold=0.0,
+        spinning=False,
+        cuda_graph=settings.cuda_graph,
+        precision=row.float_precision,
+    )
 
 
 # ---------------------------------------------------------------- measuring

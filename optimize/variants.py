@@ -1,7 +1,8 @@
 """The one table of model variants: each backend and precision a POET checkpoint can be deployed as.
 
-Like Ultralytics' ``export_formats()``: a row per variant says its precision, the INT8 layout it is
-quantized for, the file name ending beside the FP32 export, the backend that runs it and what that needs.
+Like Ultralytics' ``export_formats()``: a row per variant says its file's precision, the INT8 layout it is
+quantized for, the file name ending beside the FP32 export, the backend that runs it (and, for OpenVINO,
+the precision of its float ops) and what that needs.
 ``poet-export``, ``poet-build-engine``, ``poet-bench`` and ``poet quickstart`` read it, so a variant has
 one name and one file name everywhere. Stdlib only.
 """
@@ -18,11 +19,12 @@ from poet.modelinfo import INT8_TARGETS, PRECISIONS
 @dataclass(frozen=True)
 class Variant:
     name: str  # as poet-bench and its report name it
-    precision: str  # fp32, fp16 or int8
+    precision: str  # the file's: fp32, fp16 or int8
     int8_target: str | None  # the Q/DQ layout of an INT8 variant: tensorrt or cpu
     suffix: str  # the file name ending after the FP32 export's stem
-    backend: str  # torch, onnxruntime or tensorrt
+    backend: str  # torch, onnxruntime, tensorrt or openvino
     needs: str  # what it needs beyond the base install
+    float_precision: str | None = None  # OpenVINO's precision for the float ops: fp32 or bf16
 
     def path(self, fp32: Path) -> Path:
         """This variant's file beside the FP32 export ``fp32`` (``model.onnx`` -> ``model.fp16.onnx``)."""
@@ -31,6 +33,7 @@ class Variant:
 
 _OPTIMIZE = 'pip install "poet-edge[optimize]"'
 _TENSORRT = 'pip install "poet-edge[tensorrt]" and an NVIDIA GPU'
+_OPENVINO = 'pip install "poet-edge[optimize,openvino]"'
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("torch", "fp32", None, ".pth", "torch", 'pip install "poet-edge[model]"'),
@@ -49,6 +52,10 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("trt-fp32", "fp32", None, ".engine", "tensorrt", _TENSORRT),
     Variant("trt-fp16", "fp16", None, ".fp16.engine", "tensorrt", _TENSORRT),
     Variant("trt-int8", "int8", "tensorrt", ".int8-tensorrt.engine", "tensorrt", f"{_TENSORRT}, calibration images"),
+    # OpenVINO reads the ONNX files above; bf16 is the FP32 file with OpenVINO's float ops in bf16.
+    Variant("openvino-fp32", "fp32", None, ".onnx", "openvino", _OPENVINO, "fp32"),
+    Variant("openvino-bf16", "fp32", None, ".onnx", "openvino", f"{_OPENVINO}, a CPU with AVX512_BF16 or AMX", "bf16"),
+    Variant("openvino-int8", "int8", "cpu", ".int8-cpu.onnx", "openvino", f"{_OPENVINO}, calibration images", "fp32"),
 )
 VARIANT_NAMES = tuple(variant.name for variant in VARIANTS)
 
@@ -78,6 +85,7 @@ def table() -> str:
     """The table as Markdown, for ``poet-bench --help`` and the docs."""
     lines = ["| variant | precision | INT8 layout | file | backend | needs |", "|---|---|---|---|---|---|"]
     for row in VARIANTS:
-        cells = (row.name, row.precision, row.int8_target or "-", f"model{row.suffix}", row.backend, row.needs)
+        backend = f"{row.backend} ({row.float_precision} float ops)" if row.float_precision else row.backend
+        cells = (row.name, row.precision, row.int8_target or "-", f"model{row.suffix}", backend, row.needs)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

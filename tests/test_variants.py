@@ -14,16 +14,26 @@ from poet.runtime.backends import BACKEND_BY_SUFFIX
 
 def test_names_and_files_are_unique_and_each_row_is_a_real_precision():
     assert len(set(VARIANT_NAMES)) == len(VARIANTS)
-    deployed = [row for row in VARIANTS if row.backend != "torch"]
+    deployed = [row for row in VARIANTS if row.backend not in ("torch", "openvino")]
     assert len({row.suffix for row in deployed}) == len(deployed)
     for row in VARIANTS:
         assert row.precision in PRECISIONS
         assert (row.int8_target in INT8_TARGETS) == (row.precision == "int8")
+        assert (row.float_precision is not None) == (row.backend == "openvino")
+
+
+def test_openvino_rows_read_the_onnx_file_of_their_precision():
+    rows = [row for row in VARIANTS if row.backend == "openvino"]
+    assert [row.name for row in rows] == ["openvino-fp32", "openvino-bf16", "openvino-int8"]
+    for row in rows:
+        onnx = find_variant("onnxruntime", row.precision, row.int8_target)
+        assert row.path(Path("m.onnx")) == onnx.path(Path("m.onnx")), row.name
+    assert [row.float_precision for row in rows] == ["fp32", "bf16", "fp32"]
 
 
 def test_every_deployed_file_opens_with_the_backend_its_row_names():
     for row in VARIANTS:
-        if row.backend == "torch":
+        if row.backend in ("torch", "openvino"):  # OpenVINO is asked for by name: its files are ONNX Runtime's
             continue
         path = row.path(Path("out/model.onnx"))
         assert path.parent == Path("out") and path.name.startswith("model.")
