@@ -223,17 +223,17 @@ def test_layout_and_dtype_disagreeing_with_the_metadata_fail_at_load(tmp_path):
         load(path)
     one_line(
         info,
-        f"{path}: input 'images' is tensor(float) [1, 3, 64, 64] but its metadata says tensor(uint8) [1, 64, 64, 3]",
+        f"{path}: input 'images' is float32 [1, 3, 64, 64] but its metadata says uint8 [1, 64, 64, 3]",
         "(uint8-nhwc-bgr)",
     )
     path = make_onnx(tmp_path / "uint8.onnx", graph_format=UINT8_NHWC, info=info_for())
     with pytest.raises(ModelError) as info:
         load(path)
-    one_line(info, "input 'images' is tensor(uint8) [1, 64, 64, 3] but its metadata says tensor(float) [1, 3, 64, 64]")
+    one_line(info, "input 'images' is uint8 [1, 64, 64, 3] but its metadata says float32 [1, 3, 64, 64]")
     path = make_onnx(tmp_path / "mask.onnx", mask_type=TensorProto.FLOAT, info=info_for())
     with pytest.raises(ModelError) as info:
         load(path)
-    one_line(info, "mask.onnx: input 'mask' is tensor(float) [1, 64, 64] but its metadata says tensor(bool)")
+    one_line(info, "mask.onnx: input 'mask' is float32 [1, 64, 64] but its metadata says bool")
 
 
 def test_batch_disagreeing_with_the_metadata_fails_at_load(tmp_path):
