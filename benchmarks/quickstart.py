@@ -41,7 +41,18 @@ RECIPE = "synthetic-small"  # the bundled recipe (train/recipes/synthetic-small.
 RECIPE_MAX_PEOPLE = 2
 RECIPE_MIN_HEIGHT = 0.5
 # Every backend and precision the report compares; those that cannot run on this machine are listed as skipped.
-BENCH_VARIANTS = ("torch", "onnx-fp32", "onnx-fp16", "onnx-int8-cpu", "trt-fp16", "trt-int8")
+# The OpenVINO rows are skipped with the reason where it is not installed, like TensorRT's.
+BENCH_VARIANTS = (
+    "torch",
+    "onnx-fp32",
+    "onnx-fp16",
+    "onnx-int8-cpu",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+    "trt-fp16",
+    "trt-int8",
+)
 BENCH_ITERATIONS = 20
 # INT8 calibration on this many training images: the 128x128 synthetic people need no more.
 BENCH_CALIBRATION_IMAGES = 64

@@ -24,7 +24,7 @@ def test_quickstart_writes_report_checkpoint_and_drawings(tmp_path, capsys):
     assert len(drawings) == 3
     assert all(min(cv2.imread(str(path)).shape[:2]) >= 384 for path in drawings), "small inputs drawn enlarged"
     assert "## Every backend and precision" in report and (output / "bench" / "bench.png").is_file()
-    for variant in ("| torch |", "| onnx-fp32 |", "| onnx-fp16 |", "| onnx-int8-cpu |"):
+    for variant in ("| torch |", "| onnx-fp32 |", "| onnx-fp16 |", "| onnx-int8-cpu |", "| openvino-bf16 |"):
         assert variant in report
     assert "trt-int8" in report  # listed as skipped where TensorRT is missing, never dropped
     assert "report written to" in capsys.readouterr().out
