@@ -308,11 +308,16 @@ def _sample_figure(rng: np.random.Generator, height: int, width: int, min_height
     low = np.minimum(stacked.min(axis=0), scaled["head_center"] - head_radius) - margin
     high = stacked.max(axis=0) + margin
     offset = _placement_offset(rng, np.stack([low, high]), np.array([width, height], dtype=float))
-    points = {name: point + offset for name, point in scaled.items()}
+    return _dressed_figure(rng, pose, {name: point + offset for name, point in scaled.items()}, person_height)
 
+
+def _dressed_figure(
+    rng: np.random.Generator, pose: _Pose, points: dict[str, np.ndarray], person_height: float
+) -> _Figure:
+    """The figure of ``pose`` with its joints at ``points`` (image pixels), clothed by ``rng``."""
     keypoints = np.stack([points[name] for name in KEYPOINT_NAMES])
     labelled = np.array([pose.face_labelled.get(name, True) for name in KEYPOINT_NAMES])
-    shapes = _dress(rng, points, pose, person_height, head_radius)
+    shapes = _dress(rng, points, pose, person_height, HEAD_RADIUS * person_height)
     return _Figure(keypoints=keypoints, labelled=labelled, shapes=shapes, height=person_height)
 
 
@@ -453,19 +458,23 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _keypoint_annotation(
-    figure: _Figure, occluders: np.ndarray, visible: np.ndarray, rng: np.random.Generator
+    figure: _Figure,
+    occluders: np.ndarray,
+    visible: np.ndarray,
+    rng: np.random.Generator,
+    drop_rate: float = LABEL_DROP_RATE,
 ) -> list[float]:
     """COCO's flat [x, y, v] * 17: v=2 visible, v=1 hidden under something drawn later but placeable, v=0
     unlabelled. As COCO's annotators do, a hidden joint is labelled only where its place can be inferred:
     some of the person's own body shows within ``INFERABLE_RADIUS`` of it (``visible`` is that body's mask
-    minus what covers it), not a sliver of a few pixels."""
+    minus what covers it), not a sliver of a few pixels. ``drop_rate``: share of labels skipped at random."""
     height, width = occluders.shape
     radius = INFERABLE_RADIUS * figure.height
     flat: list[float] = []
     for (x, y), labelled in zip(figure.keypoints, figure.labelled, strict=True):
         x, y = round(float(x), 2), round(float(y), 2)
         inside = 0 <= x <= width - 1 and 0 <= y <= height - 1
-        if not labelled or not inside or rng.random() < LABEL_DROP_RATE:
+        if not labelled or not inside or rng.random() < drop_rate:
             flat += [0, 0, 0]
             continue
         if occluders[round(y), round(x)] == 0:
@@ -497,43 +506,68 @@ def render_image(
     """
     image = _background(rng, height, width)
     figures = [_sample_figure(rng, height, width, min_height) for _ in range(rng.integers(1, max_people + 1))]
+    image, annotations, _ = _photograph(rng, image, figures)
+    return image, [annotation for annotation in annotations if annotation is not None]
+
+
+def _photograph(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    figures: Sequence[_Figure],
+    *,
+    occluder_probability: float = FOREGROUND_OCCLUDER_PROBABILITY,
+    blur_probability: float = 0.25,
+    label_drop_rate: float = LABEL_DROP_RATE,
+) -> tuple[np.ndarray, list[dict[str, Any] | None], np.ndarray]:
+    """Draw ``figures`` on ``image`` in order (later ones hide earlier ones), maybe a foreground occluder on top,
+    then blur and sensor noise.
+
+    Returns the photograph, each figure's COCO annotation (None where too little of it shows) and each figure's
+    own mask (before occlusion), shared by still images and video frames.
+    """
+    height, width = image.shape[:2]
     masks = np.zeros((len(figures), height, width), dtype=np.uint8)
     for figure, mask in zip(figures, masks, strict=True):
         figure.draw(image, mask)
 
     foreground = np.zeros((height, width), dtype=np.uint8)
-    if rng.random() < FOREGROUND_OCCLUDER_PROBABILITY:
+    if rng.random() < occluder_probability:
         occluder = _sample_distractor(rng, height, width)
         occluder.draw(image, occluder.color, cv2.LINE_AA)
         occluder.draw(foreground, (255,), cv2.LINE_8)
 
-    if rng.random() < 0.25:
+    if rng.random() < blur_probability:
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.0))
     noise = rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(0, 6)
     image = np.clip(image + noise, 0, 255).astype(np.uint8)
 
-    annotations = []
+    annotations: list[dict[str, Any] | None] = [None] * len(figures)
     covered_later = foreground.copy()
-    for figure, mask in reversed(list(zip(figures, masks, strict=True))):
-        visible = cv2.bitwise_and(mask, cv2.bitwise_not(covered_later))
-        keypoints = _keypoint_annotation(figure, covered_later, visible, rng)
-        covered_later |= mask
+    for index in reversed(range(len(figures))):
+        visible = cv2.bitwise_and(masks[index], cv2.bitwise_not(covered_later))
+        keypoints = _keypoint_annotation(figures[index], covered_later, visible, rng, label_drop_rate)
+        covered_later |= masks[index]
         area = int(cv2.countNonZero(visible))
         if area < MIN_VISIBLE_AREA_PX:
             continue
-        annotations.append(
-            {
-                "segmentation": _polygons(visible),
-                "num_keypoints": sum(1 for v in keypoints[2::3] if v > 0),
-                "area": float(area),
-                "iscrowd": 0,
-                "keypoints": keypoints,
-                "bbox": [float(value) for value in cv2.boundingRect(visible)],
-                "category_id": 1,
-            }
-        )
-    annotations.reverse()
-    return image, annotations
+        annotations[index] = {
+            "segmentation": _polygons(visible),
+            "num_keypoints": sum(1 for v in keypoints[2::3] if v > 0),
+            "area": float(area),
+            "iscrowd": 0,
+            "keypoints": keypoints,
+            "bbox": [float(value) for value in cv2.boundingRect(visible)],
+            "category_id": 1,
+        }
+    return image, annotations, masks
+
+
+def _write_jpeg(path: Path, image: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"JPEG encoding failed for {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
 
 
 def _split_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -583,11 +617,7 @@ def generate_dataset(
         image_id = index + 1
         file_name = f"{image_id:012d}.jpg"
         image, people = render_image(_split_rng(seed, split, index), height, width, max_people, min_height)
-        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
-            raise RuntimeError(f"JPEG encoding failed for {file_name}")
-        with atomic_path(image_dir / file_name) as tmp:
-            tmp.write_bytes(encoded.tobytes())
+        _write_jpeg(image_dir / file_name, image)
         images.append(
             {
                 "license": 1,
@@ -645,16 +675,221 @@ def generate_splits(
     return train, val
 
 
+# ---------------------------------------------------------------- videos with identities
+
+# What poet-synth --videos writes: MOT's layout, at this frame rate (seqinfo.ini says it).
+VIDEO_FPS = 30
+DEFAULT_VIDEO_FRAMES = 150
+# Walkers are of similar size, as people at one distance from the camera: heights spread this far above
+# --min-height (fractions of the image height).
+VIDEO_HEIGHT_SPREAD = 0.2
+# Walking speed as a fraction of the image width per frame, and a sideways wobble on top of it: its amplitude
+# (fraction of the width) and period (frames); the feet line bobs by a third of that.
+WALK_SPEED = (0.005, 0.011)
+WOBBLE_AMPLITUDE = (0.004, 0.015)
+WOBBLE_PERIOD = (30.0, 90.0)
+# The walk cycle: arms and legs swing this many degrees either way, one cycle per this many heights walked.
+SWING_DEGREES = (12.0, 25.0)
+STRIDE_HEIGHTS = 0.8
+# Chance per frame that someone walks in while fewer than max_people are in view.
+ENTRY_RATE = 1 / 45
+# A walker is in view while their hips are within this many heights of the frame.
+VIEW_MARGIN = 0.3
+# Limbs that swing from their root joint in the walk cycle, legs against the arms.
+_SWINGING_LIMBS = (("shoulder", ("elbow", "wrist", "hand"), 1.0), ("hip", ("knee", "ankle", "toe"), -1.0))
+
+
+def _walking(points: dict[str, np.ndarray], swing: float) -> dict[str, np.ndarray]:
+    """``points`` with each arm and leg turned rigidly about its shoulder or hip: left against right, arms
+    against legs, as in a walk; bone lengths stay as they are."""
+    moved = dict(points)
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        for root, joints, direction in _SWINGING_LIMBS:
+            angle = sign * direction * swing
+            rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+            centre = points[f"{side}_{root}"]
+            for joint in joints:
+                moved[f"{side}_{joint}"] = centre + rotation @ (points[f"{side}_{joint}"] - centre)
+    return moved
+
+
+@dataclass(frozen=True)
+class _Walker:
+    """One person of a video: who they are (pose, build, clothes) and where they walk, from which frame."""
+
+    track_id: int
+    pose: _Pose
+    height: float
+    start: int
+    x: float  # hip x at the first frame
+    feet: float  # y of the lowest joint; also the drawing order (nearer the camera is lower and drawn later)
+    speed: float  # px per frame, signed
+    wobble: tuple[float, float, float]  # amplitude (px), period (frames), phase
+    swing: float  # radians
+    dress_seed: int
+
+    def hip_x(self, frame: int) -> float:
+        amplitude, period, phase = self.wobble
+        steps = frame - self.start
+        return self.x + self.speed * steps + amplitude * math.sin(2 * math.pi * steps / period + phase)
+
+    def in_view(self, frame: int, width: int) -> bool:
+        margin = VIEW_MARGIN * self.height
+        return frame >= self.start and -margin < self.hip_x(frame) < width + margin
+
+    def figure(self, frame: int) -> _Figure:
+        """The walker at ``frame``: walk cycle, wobble and bob; the same clothes in every frame."""
+        amplitude, period, phase = self.wobble
+        steps = frame - self.start
+        cycle = 2 * math.pi * abs(self.speed) * steps / (STRIDE_HEIGHTS * self.height)
+        points = {
+            name: point * self.height
+            for name, point in _walking(self.pose.points, self.swing * math.sin(cycle)).items()
+        }
+        lowest = max(float(point[1]) for point in points.values())
+        feet = self.feet + amplitude / 3 * math.cos(2 * math.pi * steps / period + phase)
+        shift = np.array([self.hip_x(frame) - points["hip_mid"][0], feet - lowest])
+        placed = {name: point + shift for name, point in points.items()}
+        return _dressed_figure(np.random.default_rng(self.dress_seed), self.pose, placed, self.height)
+
+
+def _cast(
+    rng: np.random.Generator, frames: int, height: int, width: int, max_people: int, min_height: float
+) -> list[_Walker]:
+    """Who walks through a video: up to ``max_people`` in view at the start, those on the left walking right and
+    those on the right walking left, so they cross and hide each other; then newcomers from either side while
+    fewer than ``max_people`` are in view. Ids count from 1 in order of appearance."""
+    walkers: list[_Walker] = []
+
+    def walker(start: int, x: float | None, direction: float) -> _Walker:
+        person_height = rng.uniform(min_height, min(min_height + VIDEO_HEIGHT_SPREAD, MAX_PERSON_HEIGHT)) * height
+        if x is None:  # walking in from outside the frame
+            x = -VIEW_MARGIN * person_height + 1 if direction > 0 else width + VIEW_MARGIN * person_height - 1
+        return _Walker(
+            track_id=len(walkers) + 1,
+            pose=_sample_pose(rng),
+            height=person_height,
+            start=start,
+            x=x,
+            feet=rng.uniform(min(person_height + 2, height - 1), height - 1),
+            speed=direction * rng.uniform(*WALK_SPEED) * width,
+            wobble=(rng.uniform(*WOBBLE_AMPLITUDE) * width, rng.uniform(*WOBBLE_PERIOD), rng.uniform(0, 2 * math.pi)),
+            swing=math.radians(rng.uniform(*SWING_DEGREES)),
+            dress_seed=int(rng.integers(2**31)),
+        )
+
+    first = int(rng.integers(min(2, max_people), max_people + 1))
+    for slot in range(first):
+        x = width * (slot + 0.5 + rng.uniform(-0.2, 0.2)) / first
+        walkers.append(walker(0, x, 1.0 if x < width / 2 else -1.0))
+    for frame in range(1, frames):
+        if sum(w.in_view(frame, width) for w in walkers) < max_people and rng.random() < ENTRY_RATE:
+            walkers.append(walker(frame, None, float(rng.choice((-1.0, 1.0)))))
+    return walkers
+
+
+def _sequence_info(name: str, frames: int, height: int, width: int) -> str:
+    """MOT's seqinfo.ini."""
+    return (
+        f"[Sequence]\nname={name}\nimDir=img1\nframeRate={VIDEO_FPS}\nseqLength={frames}\n"
+        f"imWidth={width}\nimHeight={height}\nimExt=.jpg\n"
+    )
+
+
+def generate_videos(
+    out_dir: str | Path,
+    num_videos: int,
+    frames: int = DEFAULT_VIDEO_FRAMES,
+    *,
+    image_size: tuple[int, int] = (128, 128),
+    max_people: int = 3,
+    min_height: float = MIN_PERSON_HEIGHT,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[Path]:
+    """Short videos of people walking, with their identities, to measure tracking: one folder per video.
+
+    People walk at a wobbling, nearly constant speed, cross, hide each other, and leave and enter the frame.
+    Layout as MOT's (``out_dir/synth-001/``): ``img1/000001.jpg...``; ``gt/gt.txt``, MOT's CSV
+    ``frame,id,x,y,w,h,1,1,visibility`` (1-based frames and pixels; the box is the person's whole body in the
+    frame, ``visibility`` the share of it not hidden by someone nearer; a person of whom less than
+    ``MIN_VISIBLE_AREA_PX`` pixels show has no row); ``gt/keypoints.json``, each frame's ``{id: 17 x [x, y, v]}``
+    with COCO's 0-based pixels and visibility flags (no label skipped at random); ``seqinfo.ini``. The same
+    arguments always produce byte-identical files. Returns the video folders.
+    """
+    height, width = image_size
+    if num_videos < 0 or frames < 1 or max_people < 1 or seed < 0 or min(height, width) < 32:
+        raise ValueError("need num_videos >= 0, frames >= 1, max_people >= 1, seed >= 0 and both image sides >= 32")
+    if not 0.05 <= min_height <= MAX_PERSON_HEIGHT:
+        raise ValueError(f"min_height must be between 0.05 and {MAX_PERSON_HEIGHT} of the image height")
+    folders = []
+    for index in range(num_videos):
+        name = f"synth-{index + 1:03d}"
+        folder = Path(out_dir) / name
+        rng = _split_rng(seed, "videos", index)
+        walkers = _cast(rng, frames, height, width, max_people, min_height)
+        background = _background(rng, height, width)
+        rows: list[str] = []
+        keypoints: list[dict[str, list[list[float]]]] = []
+        for frame in tqdm(range(frames), desc=f"synthesising {name}", disable=not progress):
+            present = sorted((w for w in walkers if w.in_view(frame, width)), key=lambda w: w.feet)
+            image, people, masks = _photograph(
+                rng,
+                background.copy(),
+                [w.figure(frame) for w in present],
+                occluder_probability=0.0,
+                blur_probability=0.0,
+                label_drop_rate=0.0,
+            )
+            _write_jpeg(folder / "img1" / f"{frame + 1:06d}.jpg", image)
+            seen: dict[str, list[list[float]]] = {}
+            for walker, person, mask in sorted(zip(present, people, masks, strict=True), key=lambda p: p[0].track_id):
+                if person is None:
+                    continue
+                x, y, w, h = cv2.boundingRect(mask)
+                visibility = person["area"] / cv2.countNonZero(mask)
+                rows.append(f"{frame + 1},{walker.track_id},{x + 1},{y + 1},{w},{h},1,1,{visibility:.3f}")
+                seen[str(walker.track_id)] = np.reshape(person["keypoints"], (len(KEYPOINT_NAMES), 3)).tolist()
+            keypoints.append(seen)
+        with atomic_path(folder / "gt" / "gt.txt") as tmp:
+            tmp.write_text("".join(row + "\n" for row in rows))
+        write_json(folder / "gt" / "keypoints.json", {"keypoint_names": list(KEYPOINT_NAMES), "frames": keypoints})
+        with atomic_path(folder / "seqinfo.ini") as tmp:
+            tmp.write_text(_sequence_info(name, frames, height, width))
+        folders.append(folder)
+    return folders
+
+
 @run_cli
 def main(argv: Sequence[str] | None = None) -> int:
     """``poet-synth`` command line."""
     parser = argparse.ArgumentParser(
         prog="poet-synth",
-        description="Generate synthetic people with COCO person keypoints (train2017 and val2017 splits).",
+        description="Generate synthetic people with COCO person keypoints (train2017 and val2017 splits), and "
+        "short videos of people walking with their identities (MOT's layout) to measure tracking.",
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="dataset root to write into")
-    parser.add_argument("--train", type=int, default=1000, metavar="N", help="training images (default 1000)")
-    parser.add_argument("--val", type=int, default=200, metavar="N", help="validation images (default 200)")
+    parser.add_argument(
+        "--train", type=int, metavar="N", help="training images (default 1000; none when only --videos is given)"
+    )
+    parser.add_argument(
+        "--val", type=int, metavar="N", help="validation images (default 200; none when only --videos is given)"
+    )
+    parser.add_argument(
+        "--videos",
+        type=int,
+        default=0,
+        metavar="N",
+        help="videos of people walking, crossing, hiding each other, leaving and entering, with ground-truth "
+        "identities and keypoints, in MOT's layout: OUT_DIR/videos/synth-001/{img1,gt,seqinfo.ini} (default 0)",
+    )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=DEFAULT_VIDEO_FRAMES,
+        metavar="F",
+        help=f"frames per video, at {VIDEO_FPS} fps (default {DEFAULT_VIDEO_FRAMES})",
+    )
     parser.add_argument(
         "--size",
         type=int,
@@ -676,18 +911,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     add_progress(parser)
     args = parser.parse_args(argv)
-    if args.train < 0 or args.val < 0 or args.seed < 0 or args.max_people < 1 or min(args.size) < 32:
-        parser.error("counts and seed must be >= 0, --max-people >= 1 and both --size values >= 32")
-    for path in generate_splits(
-        args.out_dir,
-        args.train,
-        args.val,
-        image_size=(args.size[0], args.size[1]),
-        max_people=args.max_people,
-        min_height=args.min_height,
-        seed=args.seed,
-        progress=not args.no_progress,
-    ):
+    only_videos = args.videos > 0 and args.train is None and args.val is None
+    train = (0 if only_videos else 1000) if args.train is None else args.train
+    val = (0 if only_videos else 200) if args.val is None else args.val
+    if min(train, val, args.videos, args.seed) < 0 or args.max_people < 1 or args.frames < 1 or min(args.size) < 32:
+        parser.error("counts and seed must be >= 0, --max-people and --frames >= 1 and both --size values >= 32")
+    common: dict[str, Any] = {
+        "image_size": (args.size[0], args.size[1]),
+        "max_people": args.max_people,
+        "min_height": args.min_height,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+    }
+    paths = [] if only_videos else list(generate_splits(args.out_dir, train, val, **common))
+    paths += generate_videos(args.out_dir / "videos", args.videos, args.frames, **common)
+    for path in paths:
         print(path)
     return 0
 

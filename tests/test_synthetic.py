@@ -14,7 +14,15 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from poet.skeleton import KEYPOINT_NAMES, SKELETON
-from poet.synthetic import INFERABLE_RADIUS, MAX_PERSON_HEIGHT, generate_dataset, generate_splits, main
+from poet.synthetic import (
+    INFERABLE_RADIUS,
+    MAX_PERSON_HEIGHT,
+    VIDEO_FPS,
+    generate_dataset,
+    generate_splits,
+    generate_videos,
+    main,
+)
 
 HEIGHT, WIDTH = 128, 160
 SPLITS = ("train2017", "val2017")
@@ -215,3 +223,34 @@ def test_figures_are_as_broad_as_cocos_people_so_oks_judges_them_alike(tmp_path,
     real_files = [coco_mini / "annotations" / f"person_keypoints_{split}.json" for split in SPLITS]
     real = _area_over_height_squared([a for path in real_files for a in json.loads(path.read_text())["annotations"]])
     assert abs(synthetic - real) / real < 0.12, (synthetic, real)
+
+
+def test_videos_in_mots_layout_keep_identities_and_smooth_motion(tmp_path, capsys):
+    frames = 10
+    main([str(tmp_path), "--videos", "1", "--frames", str(frames), "--size", "128", "128", "--min-height", "0.5"])
+    video = tmp_path / "videos" / "synth-001"
+    assert capsys.readouterr().out.split() == [str(video)]  # only the video: no image splits
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]
+    assert sorted(p.name for p in (video / "img1").iterdir()) == [f"{i:06d}.jpg" for i in range(1, frames + 1)]
+    assert cv2.imread(str(video / "img1" / "000001.jpg")).shape == (128, 128, 3)
+    info = (video / "seqinfo.ini").read_text()
+    assert f"frameRate={VIDEO_FPS}\nseqLength={frames}\nimWidth=128\nimHeight=128" in info
+    rows = np.loadtxt(video / "gt" / "gt.txt", delimiter=",", ndmin=2)
+    keypoints = json.loads((video / "gt" / "keypoints.json").read_text())["frames"]
+    assert len(keypoints) == frames
+    assert len({int(i) for i in rows[:, 1]}) >= 2 and rows[:, 0].min() == 1  # two or more people from the start
+    previous: dict[int, np.ndarray] = {}
+    for frame, person, x, y, w, h, consider, kind, visibility in rows:
+        assert consider == kind == 1 and 0 < visibility <= 1 and w > 0 and h > 0
+        joints = np.array(keypoints[int(frame) - 1][str(int(person))])
+        assert joints.shape == (17, 3) and set(joints[:, 2]) <= {0, 1, 2}
+        labelled = joints[joints[:, 2] > 0, :2] + 1  # MOT's boxes are 1-based
+        assert np.all((labelled >= [x - 1, y - 1]) & (labelled <= [x + w + 1, y + h + 1]))
+        if int(person) in previous and (joints[:, 2] > 0).all() and (previous[int(person)][:, 2] > 0).all():
+            step = np.abs(joints[:, :2] - previous[int(person)][:, :2]).max()
+            assert step < 6, (frame, person, step)  # a walk, not a jump: the identity is the same person
+        previous[int(person)] = joints
+    assert {len(people) for people in keypoints} <= {1, 2, 3}
+    again = generate_videos(tmp_path / "again", 1, frames, min_height=0.5, progress=False)[0]
+    for name in ("gt/gt.txt", "gt/keypoints.json", "img1/000007.jpg"):
+        assert (again / name).read_bytes() == (video / name).read_bytes()
