@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
+import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import IO
 
 import cv2
@@ -21,10 +24,14 @@ from poet.console import add_progress, positive_int, run_cli
 from poet.drawing import draw_poses, save_image
 from poet.errors import OutputError, PoetError
 from poet.fileio import atomic_path, check_writable, unique_names
-from poet.pipeline import timed_predict
+from poet.pipeline import StageTimes, timed_predict
+from poet.processing import Pose
 from poet.runtime.backends import BACKENDS, INFERENCE_PRECISIONS
 from poet.runtime.estimator import PoseEstimator
-from poet.runtime.sources import DEFAULT_READ_TIMEOUT, Frame, FrameSource
+from poet.runtime.sources import DEFAULT_READ_TIMEOUT, Frame, FrameSource, SourceError, live_kind
+from poet.runtime.tracking import LOW_THRESHOLD, PoseTracker
+
+logger = logging.getLogger("poet")
 
 WINDOW = "poet-run"
 # Frame rate of videos saved from sources that have none (image folders).
@@ -49,7 +56,9 @@ class RunStats:
     preprocess: float = 0.0
     inference: float = 0.0
     postprocess: float = 0.0
+    tracking: float = 0.0
     stopped_early: str | None = None
+    failed: str | None = None  # why a stream of several failed while the others went on
     interrupted: bool = False
     skipped: int = 0  # unreadable images of a folder
     written: dict[str, int] = field(default_factory=dict)  # "images", "jsonl", "video": how many were written
@@ -59,11 +68,12 @@ class RunStats:
         if self.frames == 0:
             return f"no frames processed from {source}{skipped}"
         per_frame = 1000.0 / self.frames
+        tracking = f", {self.tracking * per_frame:.2f} ms tracking" if self.tracking else ""
         return (
             f"{_count(self.frames, 'frame')} from {source} in {self.elapsed:.1f} s: "
             f"{self.frames / self.elapsed:.1f} FPS end to end; per frame {self.preprocess * per_frame:.2f} ms "
             f"preprocessing, {self.inference * per_frame:.1f} ms inference, {self.postprocess * per_frame:.2f} ms "
-            f"decoding; {self.people} people{skipped}"
+            f"decoding{tracking}; {self.people} people{skipped}"
         )
 
     def written_line(self, plan: OutputPlan) -> str | None:
@@ -174,32 +184,109 @@ def plan_outputs(
     be (``--save-images`` a folder, ``--jsonl`` and ``--save-video`` files); writable. Raises
     :class:`OutputError` naming the option and the path.
     """
-    plan = OutputPlan(save_images, jsonl, save_video, _image_outputs(source, save_images) if save_images else {})
-    inputs: dict[str, Path] = {}
-    for path in source.inputs:
-        inputs[_entry(path)] = path
-        inputs.setdefault(os.path.realpath(path), path)
-    outputs = [(path, f"{option} {path}") for path, option in ((jsonl, "--jsonl"), (save_video, "--save-video"))]
-    outputs += [(path, f"--save-images {save_images} (the annotated {path.name})") for path in plan.images.values()]
+    return plan_streams([source], save_images=save_images, jsonl=jsonl, save_video=save_video)[0]
+
+
+def check_distinct(sources: Sequence[str]) -> None:
+    """Refuse a source given twice (the same file or folder by any path, the same camera or URL), before any work."""
+    seen: dict[str, str] = {}
+    for source in sources:
+        kind = live_kind(source)
+        key = f"camera {int(source)}" if kind == "camera" else source if kind else os.path.realpath(source)
+        if key in seen:
+            also = "" if seen[key] == source else f" (as {seen[key]} and as {source})"
+            raise SourceError(f"source {source} is given twice{also}; give each source once")
+        seen[key] = source
+
+
+def stream_names(sources: Sequence[FrameSource]) -> list[str]:
+    """Names for the outputs of several sources, distinct ignoring case: a video's or image's stem, a folder's
+    name, ``camera0``, a URL's host and path; anything but ASCII letters, digits, ``-`` and ``_`` becomes ``_``,
+    and a name met before gets ``-2`` (``-3``...)."""
+    names = []
+    for source in sources:
+        if source.kind == "camera":
+            name = f"camera{source.source}"
+        elif source.kind == "stream":
+            name = source.source.split("://", 1)[1]
+        else:
+            path = Path(os.path.abspath(source.source))
+            name = path.name if source.kind == "folder" else path.stem
+        names.append(re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or source.kind)
+    return unique_names(names)
+
+
+def _per_stream(path: Path | None, name: str | None, folder: bool = False) -> Path | None:
+    """One stream's output of several: ``out.jsonl`` -> ``out.NAME.jsonl``; a folder -> ``DIR/NAME``."""
+    if path is None or name is None:
+        return path
+    return path / name if folder else path.with_name(f"{path.stem}.{name}{path.suffix}")
+
+
+def plan_streams(
+    sources: Sequence[FrameSource],
+    *,
+    save_images: Path | None = None,
+    jsonl: Path | None = None,
+    save_video: Path | None = None,
+) -> list[OutputPlan]:
+    """:func:`plan_outputs` of each source, checked against every source's inputs and every other output.
+
+    One source writes where it is told. Several write per-stream outputs named by :func:`stream_names`:
+    ``--jsonl out.jsonl`` -> ``out.NAME.jsonl``, ``--save-video out.mp4`` -> ``out.NAME.mp4``, ``--save-images
+    DIR`` -> ``DIR/NAME/``.
+    """
+    names: list[str | None] = list(stream_names(sources)) if len(sources) > 1 else [None]
+    plans = []
+    for source, name in zip(sources, names, strict=True):
+        folder = _per_stream(save_images, name, folder=True)
+        images = _image_outputs(source, folder) if folder else {}
+        plans.append(OutputPlan(folder, _per_stream(jsonl, name), _per_stream(save_video, name), images))
+    inputs: dict[str, tuple[Path, FrameSource]] = {}
+    for source in sources:
+        for path in source.inputs:
+            inputs[_entry(path)] = (path, source)
+            inputs.setdefault(os.path.realpath(path), (path, source))
     written: dict[str, str] = {}
-    for path, said in outputs:
-        if path is None:
-            continue
-        entry = _entry(path)
-        if entry in inputs:
-            raise OutputError(_overwrite_message(said, inputs[entry], source, save_images))
-        if entry in written:
-            raise OutputError(f"{written[entry]} and {said} are the same file; give each output its own path")
-        written[entry] = said
-    if save_video is not None:
-        _checked_file(save_video, "--save-video")
-        _check_video(save_video)
-    if jsonl is not None:
-        _checked_file(jsonl, "--jsonl")
-    if save_images is not None:
-        first = f"{source.frame_stem}_{0:06d}.jpg"
-        _check_folder(save_images, list(plan.images.values()) or [save_images / first])
-    return plan
+    for plan in plans:
+        outputs = [(plan.jsonl, f"--jsonl {plan.jsonl}"), (plan.save_video, f"--save-video {plan.save_video}")]
+        outputs += [
+            (path, f"--save-images {plan.save_images} (the annotated {path.name})") for path in plan.images.values()
+        ]
+        for path, said in outputs:
+            if path is None:
+                continue
+            entry = _entry(path)
+            if entry in inputs:
+                raise OutputError(_overwrite_message(said, *inputs[entry], plan.save_images))
+            if entry in written:
+                raise OutputError(f"{written[entry]} and {said} are the same file; give each output its own path")
+            written[entry] = said
+    for source, plan in zip(sources, plans, strict=True):
+        if plan.save_images is not None and not plan.images:  # frames named <stem>_000000.jpg, one by one
+            _check_frame_names(source, plan.save_images, inputs)
+        if plan.save_video is not None:
+            _checked_file(plan.save_video, "--save-video")
+            _check_video(plan.save_video)
+        if plan.jsonl is not None:
+            _checked_file(plan.jsonl, "--jsonl")
+        if plan.save_images is not None:
+            first = f"{source.frame_stem}_{0:06d}.jpg"
+            _check_folder(plan.save_images, list(plan.images.values()) or [plan.save_images / first])
+    return plans
+
+
+def _check_frame_names(source: FrameSource, folder: Path, inputs: dict[str, tuple[Path, FrameSource]]) -> None:
+    """Refuse a ``--save-images`` folder where a video's, camera's or stream's annotated frames would replace an
+    input (of another stream) named as one of them."""
+    pattern = re.compile(rf"{re.escape(source.frame_stem)}_\d{{6,}}\.jpg")
+    real = os.path.realpath(folder)
+    for entry, (path, _) in inputs.items():
+        if os.path.dirname(entry) == real and pattern.fullmatch(os.path.basename(entry)):
+            raise OutputError(
+                f"--save-images {folder}: the annotated frames of {source.source} would overwrite the input {path}; "
+                "give another folder"
+            )
 
 
 def _overwrite_message(said: str, input_path: Path, source: FrameSource, folder: Path | None) -> str:
@@ -247,15 +334,111 @@ class VideoSink:
             self.writer.release()
 
 
-def open_window() -> None:
+def open_window(name: str = WINDOW) -> None:
     """Fail before the first frame when this OpenCV cannot show windows (the headless wheel)."""
     try:
-        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+        cv2.namedWindow(name, cv2.WINDOW_NORMAL)
     except cv2.error:
         raise PoetError(
             "--show needs OpenCV with GUI support; this one is headless (pip install opencv-python "
             "instead of opencv-python-headless), or save the result with --save-video"
         ) from None
+
+
+class _Stream:
+    """One source of a run: its frames, its tracker, its outputs (open until it ends) and its statistics."""
+
+    def __init__(self, source: FrameSource, plan: OutputPlan, tracker: PoseTracker | None, window: str | None):
+        self.source, self.plan, self.tracker, self.window = source, plan, tracker, window
+        self.stats = RunStats()
+        self.ended = False
+        self.fps = 0.0
+        self.last = 0.0
+        self._frames: Iterator[Frame] = iter(source)
+        self._outputs = contextlib.ExitStack()
+        self._records: IO[str] | None = None
+        self._video: VideoSink | None = None
+
+    def __enter__(self) -> _Stream:
+        """Open the outputs (atomically: they appear when the stream ends, complete)."""
+        outputs = self._outputs
+        if self.plan.save_video is not None:
+            path = outputs.enter_context(atomic_path(self.plan.save_video))
+            self._video = VideoSink(path, self.source.fps or DEFAULT_VIDEO_FPS)
+            outputs.callback(self._video.close)
+        if self.plan.jsonl is not None:
+            path = outputs.enter_context(atomic_path(self.plan.jsonl))
+            self._records = outputs.enter_context(path.open("w", encoding="utf-8"))
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        """After an error the outputs are discarded, as unfinished; a stream that ended has kept its own."""
+        self._outputs.__exit__(kind, error, trace)
+
+    def next_frame(self, alone: bool) -> Frame | None:
+        """The next frame, or None at the end. A source that fails is the run's error when it is ``alone``;
+        with others it ends this stream only, the reason kept in ``stats.failed``."""
+        try:
+            return next(self._frames)
+        except StopIteration:
+            return None
+        except (PoetError, OSError) as error:
+            if alone:
+                raise
+            self.stats.failed = str(error)
+            logger.warning("%s failed after %s: %s", self.source.source, _count(self.stats.frames, "frame"), error)
+            return None
+
+    def add(self, frame: Frame, poses: list[Pose], times: StageTimes, share: int, now: float) -> bool:
+        """Track, count, write and draw one frame's poses (``times`` were those of a batch of ``share`` frames);
+        False when the user pressed q in its window."""
+        stats = self.stats
+        stats.preprocess += times.preprocess / share
+        stats.inference += times.inference / share
+        stats.postprocess += times.postprocess / share
+        stats.frames += 1
+        if self.tracker is not None:
+            started = time.perf_counter()
+            tracked = self.tracker.update(poses, now if self.source.live else None)
+            # Poses below the tracker's first stage only kept a track going: the output keeps its threshold.
+            poses = [pose for pose in tracked if pose.score >= self.tracker.high_threshold]
+            stats.tracking += time.perf_counter() - started
+        stats.people += len(poses)
+        if self._records is not None:
+            record: dict[str, object] = {"frame": frame.index, "name": frame.name}
+            if frame.file is not None:
+                record["file"] = frame.file
+            record["poses"] = [p.to_dict() for p in poses]
+            self._records.write(json.dumps(record) + "\n")
+            stats.written["jsonl"] = stats.written.get("jsonl", 0) + 1
+        interval, self.last = now - self.last, now
+        self.fps = 1.0 / interval if self.fps == 0.0 else 0.9 * self.fps + 0.1 / max(interval, 1e-6)
+        if self._video is None and self.plan.save_images is None and self.window is None:
+            return True
+        canvas = draw_poses(frame.image, poses)
+        draw_fps(canvas, self.fps)
+        if self._video is not None:
+            self._video.write(canvas)
+            stats.written["video"] = stats.written.get("video", 0) + 1
+        if self.plan.save_images is not None:
+            save_image(self.plan.image_path(frame), canvas)
+            stats.written["images"] = stats.written.get("images", 0) + 1
+        if self.window is not None:
+            cv2.imshow(self.window, canvas)
+            return cv2.waitKey(1) & 0xFF not in QUIT_KEYS
+        return True
+
+    def end(self, elapsed: float, interrupted: bool = False) -> None:
+        """Finish this stream: its outputs are complete now, its reader stops, its statistics are final."""
+        self.ended = True
+        self.stats.elapsed = elapsed
+        self.stats.interrupted = interrupted
+        self.stats.stopped_early = self.source.stopped_early
+        self.stats.skipped = self.source.skipped
+        self._outputs.close()
+        self.source.close()
 
 
 def run(
@@ -269,73 +452,113 @@ def run(
     max_frames: int | None = None,
     progress: bool = True,
     plan: OutputPlan | None = None,
+    tracker: PoseTracker | None = None,
 ) -> RunStats:
     """Poses for every frame of ``source``, written to the chosen outputs.
 
     The outputs are checked first (:func:`plan_outputs`), unless ``plan`` is that check, already made for
     them. They appear only complete: the end of the source, a failing camera, ``q`` in the window or Ctrl-C
-    finish them with the frames processed so far; an error leaves none behind.
+    finish them with the frames processed so far; an error leaves none behind. ``tracker`` gives each person
+    an identity (``Pose.track_id``) and keeps only the poses it tracks.
     """
-    stats = RunStats()
-    draw = show or save_video is not None or save_images is not None
-    with contextlib.ExitStack() as stack:
-        stack.callback(source.close)
-        if plan is None:
-            plan = plan_outputs(source, save_images=save_images, jsonl=jsonl, save_video=save_video)
-        if show:
-            open_window()
-            stack.callback(cv2.destroyWindow, WINDOW)
-        records: IO[str] | None = None
-        video: VideoSink | None = None
-        if save_video is not None:
-            video = VideoSink(stack.enter_context(atomic_path(save_video)), source.fps or DEFAULT_VIDEO_FPS)
-            stack.callback(video.close)
-        if jsonl is not None:
-            records = stack.enter_context(stack.enter_context(atomic_path(jsonl)).open("w", encoding="utf-8"))
-        bar = stack.enter_context(tqdm(total=source.total, unit="frame", desc=source.source, disable=not progress))
-        fps = 0.0
-        start = last = time.perf_counter()
-        try:
-            for frame in source:
-                batch_poses, times = timed_predict(estimator, [frame.image])
-                poses = batch_poses[0]
-                now = time.perf_counter()
-                stats.preprocess += times.preprocess
-                stats.inference += times.inference
-                stats.postprocess += times.postprocess
-                stats.frames += 1
-                stats.people += len(poses)
-                if records is not None:
-                    record: dict[str, object] = {"frame": frame.index, "name": frame.name}
-                    if frame.file is not None:
-                        record["file"] = frame.file
-                    record["poses"] = [p.to_dict() for p in poses]
-                    records.write(json.dumps(record) + "\n")
-                    stats.written["jsonl"] = stats.written.get("jsonl", 0) + 1
-                interval, last = now - last, now
-                fps = 1.0 / interval if fps == 0.0 else 0.9 * fps + 0.1 / max(interval, 1e-6)
-                if draw:
-                    canvas = draw_poses(frame.image, poses)
-                    draw_fps(canvas, fps)
-                    if video is not None:
-                        video.write(canvas)
-                        stats.written["video"] = stats.written.get("video", 0) + 1
-                    if save_images is not None:
-                        save_image(plan.image_path(frame), canvas)
-                        stats.written["images"] = stats.written.get("images", 0) + 1
-                    if show:
-                        cv2.imshow(WINDOW, canvas)
-                        if cv2.waitKey(1) & 0xFF in QUIT_KEYS:
-                            break
-                bar.update()
-                if max_frames is not None and stats.frames >= max_frames:
-                    break
-        except KeyboardInterrupt:
-            stats.interrupted = True
-        stats.elapsed = time.perf_counter() - start
-        stats.stopped_early = source.stopped_early
-        stats.skipped = source.skipped
+    (stats,) = run_streams(
+        estimator,
+        [source],
+        show=show,
+        save_video=save_video,
+        save_images=save_images,
+        jsonl=jsonl,
+        max_frames=max_frames,
+        progress=progress,
+        plans=None if plan is None else [plan],
+        trackers=None if tracker is None else [tracker],
+    )
     return stats
+
+
+def run_streams(
+    estimator: PoseEstimator,
+    sources: Sequence[FrameSource],
+    *,
+    show: bool = False,
+    save_video: Path | None = None,
+    save_images: Path | None = None,
+    jsonl: Path | None = None,
+    max_frames: int | None = None,
+    progress: bool = True,
+    plans: Sequence[OutputPlan] | None = None,
+    trackers: Sequence[PoseTracker] | None = None,
+) -> list[RunStats]:
+    """:func:`run` on several sources at once, their frames batched into shared inferences.
+
+    Each step takes the next frame of every source still going and runs them through the model together, as
+    many per call as its batch allows, so sources advance in step (a slow camera paces the others). Each
+    source has its own outputs (:func:`plan_streams`, unless ``plans`` are that check), its own tracker (one
+    per source in ``trackers``) and its own statistics, and ``max_frames`` counts per source. A source that
+    ends, stops early or fails ends alone: its outputs are finished there and then, and the others go on; a
+    failure is kept in its ``RunStats.failed``. With one source, a failure is the run's error, as in :func:`run`.
+    """
+    with contextlib.ExitStack() as stack:
+        for source in sources:
+            stack.callback(source.close)
+        if plans is None:
+            plans = plan_streams(sources, save_images=save_images, jsonl=jsonl, save_video=save_video)
+        windows: list[str | None] = [None] * len(sources)
+        if show:
+            windows = [WINDOW] if len(sources) == 1 else [f"{WINDOW} {name}" for name in stream_names(sources)]
+            for window in windows:
+                assert window is not None
+                open_window(window)
+                stack.callback(cv2.destroyWindow, window)
+        streams = [
+            stack.enter_context(_Stream(source, plan, None if trackers is None else trackers[index], windows[index]))
+            for index, (source, plan) in enumerate(zip(sources, plans, strict=True))
+        ]
+        totals = [source.total for source in sources]
+        bar = stack.enter_context(
+            tqdm(
+                total=None if None in totals else sum(t or 0 for t in totals),
+                unit="frame",
+                desc=sources[0].source if len(sources) == 1 else f"{len(sources)} sources",
+                disable=not progress,
+            )
+        )
+        start = time.perf_counter()
+        for stream in streams:
+            stream.last = start
+        going = list(streams)
+        try:
+            while going:
+                ready = []
+                for stream in going:
+                    frame = stream.next_frame(alone=len(streams) == 1)
+                    if frame is None:
+                        stream.end(time.perf_counter() - start)
+                    else:
+                        ready.append((stream, frame))
+                quit_pressed = False
+                for offset in range(0, len(ready), estimator.backend.max_batch):
+                    chunk = ready[offset : offset + estimator.backend.max_batch]
+                    batch_poses, times = timed_predict(estimator, [frame.image for _, frame in chunk])
+                    now = time.perf_counter()
+                    for (stream, frame), poses in zip(chunk, batch_poses, strict=True):
+                        quit_pressed = not stream.add(frame, poses, times, len(chunk), now)
+                        if quit_pressed:
+                            break
+                        bar.update()
+                        if max_frames is not None and stream.stats.frames >= max_frames:
+                            stream.end(now - start)
+                    if quit_pressed:
+                        break
+                going = [] if quit_pressed else [stream for stream in going if not stream.ended]
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        elapsed = time.perf_counter() - start
+        for stream in streams:
+            if not stream.ended:
+                stream.end(elapsed, interrupted)
+    return [stream.stats for stream in streams]
 
 
 @run_cli
@@ -343,11 +566,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="poet-run",
         description="Run an exported POET model (ONNX, or a TensorRT engine with its sidecar) on images, a folder, "
-        "a video, a camera or a stream, without PyTorch. Draws skeletons and FPS; Ctrl-C (or q in the window) "
+        "a video, a camera or a stream, without PyTorch; on several at once, their frames batched into shared "
+        "inferences. Draws skeletons and FPS; --track gives each person an identity. Ctrl-C (or q in the window) "
         "stops and keeps what was written.",
     )
     parser.add_argument(
-        "source", help="image, folder of images (subfolders too), video file, camera index (0) or stream URL"
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="image, folder of images (subfolders too), video file, camera index (0) or stream URL; several: each "
+        "is a stream with its own outputs, named after it (see --jsonl), that ends on its own (a failing one is "
+        "reported, exit 1, while the others go on)",
     )
     parser.add_argument(
         "--model", type=Path, required=True, help="poet-edge model: .onnx, .engine/.plan or OpenVINO's .xml"
@@ -365,7 +594,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Runtime and TensorRT run the precision their file holds",
     )
     parser.add_argument(
-        "--score-threshold", type=float, metavar="S", default=0.5, help="minimum person score (default: 0.5)"
+        "--score-threshold",
+        type=float,
+        metavar="S",
+        default=0.5,
+        help="minimum person score in the output (default: 0.5); with --track the model runs down to "
+        f"{LOW_THRESHOLD:g}, and poses from there up keep a person's track going while they are seen badly, but "
+        "only those from S up are written and drawn",
     )
     parser.add_argument("--max-people", type=positive_int, metavar="N", help="keep at most this many people per frame")
     parser.add_argument(
@@ -376,15 +611,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--cuda-graph", action="store_true", help="replay TensorRT inference as a CUDA graph")
     parser.add_argument("--show", action="store_true", help="show annotated frames in a window (q or Esc quits)")
-    parser.add_argument("--save-video", type=Path, metavar="FILE", help="write annotated frames as .mp4 or .avi")
+    parser.add_argument(
+        "--track",
+        action="store_true",
+        help='give each person an identity across frames (ByteTrack-style, on keypoints): "track_id" in the JSON '
+        "lines, one colour per person in the drawings; keypoints One-Euro smoothed",
+    )
+    parser.add_argument("--no-smooth", action="store_true", help="with --track: keep the keypoints as detected")
+    parser.add_argument(
+        "--save-video",
+        type=Path,
+        metavar="FILE",
+        help="write annotated frames as .mp4 or .avi; of several sources, one video each: FILE's name with the "
+        "stream's name before the suffix (out.mp4 -> out.clip.mp4)",
+    )
     parser.add_argument(
         "--save-images",
         type=Path,
         metavar="DIR",
         help="write annotated images into DIR, each under its path in the input folder (a/x.jpg -> DIR/a/x.jpg, "
-        "format kept); video frames as NAME_000000.jpg. Never the input folder",
+        "format kept); video frames as NAME_000000.jpg; of several sources, into DIR/STREAM/. Never the input folder",
     )
-    parser.add_argument("--jsonl", type=Path, metavar="FILE", help="write one JSON line of poses per frame")
+    parser.add_argument(
+        "--jsonl",
+        type=Path,
+        metavar="FILE",
+        help="write one JSON line of poses per frame; of several sources, a file each, named by the stream: "
+        "out.jsonl -> out.clip.jsonl for clip.mp4 (a video's or image's stem, a folder's name, camera0, a URL's host "
+        "and path; -2, -3... where names repeat)",
+    )
     parser.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after this many frames")
     parser.add_argument(
         "--read-timeout",
@@ -395,27 +650,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_progress(parser)
     args = parser.parse_args(argv)
+    if args.no_smooth and not args.track:
+        parser.error("--no-smooth applies to --track")
+    if args.track and not 0 <= args.score_threshold <= 1:
+        parser.error(f"--track needs a --score-threshold from 0 to 1, got {args.score_threshold:g}")
 
     options = vars(args)
-    # Opening the source reads no frame; the outputs are checked before the model is loaded (seconds to
+    estimator_options = {name: options[name] for name in ESTIMATOR_OPTIONS}
+    # The tracker's second stage continues tracks with poses scored down to its low threshold.
+    low_threshold = min(args.score_threshold, LOW_THRESHOLD)
+    if args.track:
+        estimator_options["score_threshold"] = low_threshold
+    check_distinct(args.sources)
+    # Opening the sources reads no frame; the outputs are checked before the model is loaded (seconds to
     # minutes for a TensorRT provider) and before a camera session that could end with nowhere to write.
-    source = FrameSource(args.source, read_timeout=args.read_timeout)
+    sources: list[FrameSource] = []
     try:
-        plan = plan_outputs(source, save_images=args.save_images, jsonl=args.jsonl, save_video=args.save_video)
-        estimator = PoseEstimator(args.model, args.backend, **{name: options[name] for name in ESTIMATOR_OPTIONS})
+        for name in args.sources:
+            sources.append(FrameSource(name, read_timeout=args.read_timeout))
+        plans = plan_streams(sources, save_images=args.save_images, jsonl=args.jsonl, save_video=args.save_video)
+        estimator = PoseEstimator(args.model, args.backend, **estimator_options)
     except BaseException:
-        source.close()
+        for source in sources:
+            source.close()
         raise
+    trackers = None
+    if args.track:
+        trackers = [
+            PoseTracker(
+                args.score_threshold,
+                low_threshold,
+                smooth=not args.no_smooth,
+                **({"fps": source.fps} if source.fps else {}),
+            )
+            for source in sources
+        ]
     run_options = {name: options[name] for name in RUN_OPTIONS}
-    stats = run(estimator, source, progress=not args.no_progress, plan=plan, **run_options)
-    print(stats.summary(args.source))
-    written = stats.written_line(plan)
-    if written is not None:
-        print(written)
-    if stats.interrupted:
+    all_stats = run_streams(
+        estimator, sources, progress=not args.no_progress, plans=plans, trackers=trackers, **run_options
+    )
+    for source, stats, plan in zip(sources, all_stats, plans, strict=True):
+        print(stats.summary(source.source))
+        written = stats.written_line(plan)
+        if written is not None:
+            print(written)
+        ended = stats.failed or (stats.stopped_early if len(sources) > 1 else None)
+        if ended is not None:
+            print(f"{source.source} ended early: {ended}")
+    if any(stats.interrupted for stats in all_stats):
         print("interrupted: outputs hold the frames processed so far")
         return 130
-    return 0
+    return 1 if any(stats.failed for stats in all_stats) else 0
 
 
 if __name__ == "__main__":

@@ -70,6 +70,13 @@ def list_image_tree(folder: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def live_kind(source: str) -> str | None:
+    """``"camera"`` for a camera index (digits that name no file), ``"stream"`` for a URL; None for a path."""
+    if source.isdigit() and not Path(source).exists():
+        return "camera"
+    return "stream" if "://" in source else None
+
+
 class _End:
     """Queue item after the last frame; ``reason`` is a warning when the source stopped early."""
 
@@ -97,10 +104,11 @@ class FrameSource:
         self.skipped = 0  # unreadable images of a folder, skipped with a warning
         self._capture: cv2.VideoCapture | None = None
         path = Path(self.source)
-        if self.source.isdigit() and not path.exists():
+        live = live_kind(self.source)
+        if live == "camera":
             self.kind = "camera"
             self._capture = self._open_capture(int(self.source))
-        elif "://" in self.source:
+        elif live == "stream":
             self.kind = "stream"
             self._capture = self._open_capture(self.source)
         elif path.is_dir():

@@ -27,6 +27,10 @@ from poet.processing import Pose, keypoint_box
 from poet.runtime.smoothing import BETA, D_CUTOFF, MIN_CUTOFF, MIN_KEYPOINT_SCORE, KeypointSmoother
 from poet.skeleton import OKS_SIGMAS
 
+# Scores of ByteTrack's two stages: poses from HIGH_THRESHOLD up are matched first and start tracks; those from
+# LOW_THRESHOLD up may only continue one (poet-run --track runs the model down to LOW_THRESHOLD for them).
+HIGH_THRESHOLD = 0.5
+LOW_THRESHOLD = 0.1
 # COCO's OKS divides each keypoint's squared distance by 2 * area * (2 * sigma) ** 2.
 _KEYPOINT_VARIANCES = (2.0 * np.asarray(OKS_SIGMAS)) ** 2
 
@@ -96,8 +100,8 @@ class PoseTracker:
 
     def __init__(
         self,
-        high_threshold: float = 0.5,
-        low_threshold: float = 0.1,
+        high_threshold: float = HIGH_THRESHOLD,
+        low_threshold: float = LOW_THRESHOLD,
         min_similarity: float = 0.3,
         max_missed: int = 30,
         fps: float = 30.0,

@@ -14,7 +14,7 @@ import pytest
 from poet.images import read_image
 from poet.runtime import PoseEstimator
 from poet.runtime import sources as sources_module
-from poet.runtime.cli import main, run
+from poet.runtime.cli import main, run, run_streams
 from poet.runtime.sources import FrameSource, SourceError
 
 FRAMES = 12
@@ -386,3 +386,190 @@ def test_image_tree_listing_skips_hidden_names_and_ends_link_loops(tmp_path):
     (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
     found = [str(path.relative_to(tmp_path)) for path in list_image_tree(tmp_path)]
     assert found == ["a/c.png", "a0.jpg", "b.jpg"]
+
+
+# ---------------------------------------------------------------- several sources, tracking
+
+
+def _write_video(path, photos, frames, size):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, size)
+    for index in range(frames):
+        writer.write(cv2.resize(read_image(photos[index % len(photos)]), size))
+    writer.release()
+    return path
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_several_videos_of_different_sizes_are_batched_into_per_stream_outputs(
+    runtime_models, video, coco, tmp_path, capsys
+):
+    photos = sorted((coco / "val2017").glob("*.jpg"))
+    tall = _write_video(tmp_path / "tall.avi", photos[::-1], 7, (200, 300))
+    out = tmp_path / "out"
+    args = [str(video), str(tall), "--model", str(runtime_models["float"]), "--score-threshold", "0"]
+    args += ["--jsonl", str(out / "p.jsonl"), "--save-video", str(out / "v.avi"), "--save-images", str(out / "img")]
+    assert main([*args, "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"{FRAMES} frames from {video} in" in stdout and "7 frames from " + str(tall) in stdout
+    assert (
+        f"wrote {FRAMES} images to {out / 'img' / 'people'}/, {FRAMES} JSON lines to {out / 'p.people.jsonl'}" in stdout
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "img",
+        "p.people.jsonl",
+        "p.tall.jsonl",
+        "v.people.avi",
+        "v.tall.avi",
+    ]
+    assert sorted(p.name for p in (out / "img" / "tall").iterdir()) == [f"tall_{i:06d}.jpg" for i in range(7)]
+    assert _frames_of(out / "v.tall.avi")[0].shape == (300, 200, 3)
+    # Each stream's poses are those of its frames alone, in its frame order.
+    estimator = PoseEstimator(runtime_models["float"], score_threshold=0.0)
+    for path, jsonl in ((video, out / "p.people.jsonl"), (tall, out / "p.tall.jsonl")):
+        records = _records(jsonl)
+        assert [r["frame"] for r in records] == list(range(len(_frames_of(path))))
+        for record, poses in zip(records, estimator.predict(_frames_of(path)), strict=True):
+            written = np.array([p["keypoints"] for p in record["poses"]])[..., :2]
+            np.testing.assert_allclose(written, np.stack([p.keypoints[:, :2] for p in poses]), atol=0.05)
+
+
+def test_streams_share_inferences_up_to_the_models_batch(runtime_models, video, coco, tmp_path):
+    photos = sorted((coco / "val2017").glob("*.jpg"))
+    short = _write_video(tmp_path / "short.avi", photos, 5, (160, 120))
+    estimator = PoseEstimator(runtime_models["uint8"])  # a fixed batch of 2
+    infer, batches = estimator.backend.infer, []
+
+    def counted(images, mask):
+        batches.append(int(mask.any(axis=(1, 2)).sum()))  # padding slots have no image
+        return infer(images, mask)
+
+    estimator.backend.infer = counted  # type: ignore[method-assign]
+    sources = [FrameSource(video), FrameSource(short), FrameSource(tmp_path / "short.avi")]
+    stats = run_streams(estimator, sources, jsonl=tmp_path / "p.jsonl", progress=False)
+    assert [s.frames for s in stats] == [FRAMES, 5, 5]
+    # Three streams on a batch of 2: two calls a step while all three go, then one with the video alone.
+    assert batches == [2, 1] * 5 + [1] * (FRAMES - 5)
+    assert [
+        len((tmp_path / f"p.{name}.jsonl").read_text().splitlines()) for name in ("people", "short", "short-2")
+    ] == [
+        FRAMES,
+        5,
+        5,
+    ]
+    assert all(s.elapsed > 0 and s.failed is None for s in stats)
+
+
+def test_a_source_given_twice_is_one_error_line_before_any_work(runtime_models, video, tmp_path, capsys, never_loaded):
+    (tmp_path / "link.avi").symlink_to(video)
+    model = ["--model", str(runtime_models["uint8"])]
+    line = _refused([str(video), str(tmp_path / "link.avi"), *model, "--jsonl", str(tmp_path / "p.jsonl")], capsys)
+    link = tmp_path / "link.avi"
+    assert line == f"error: source {link} is given twice (as {video} and as {link}); give each source once"
+    assert "is given twice; give each source once" in _refused(["0", "0", *model], capsys)
+    assert list(tmp_path.iterdir()) == [tmp_path / "link.avi"]
+
+
+def test_outputs_of_several_streams_are_checked_together_before_the_model(
+    runtime_models, video, coco, tmp_path, capsys, never_loaded
+):
+    model = ["--model", str(runtime_models["uint8"])]
+    # Streams "people" (the video) and "people-2" (the folder): the video's annotated frames would go to
+    # people/people_000000.jpg, an input of the folder stream.
+    people = _copy_photos(coco, tmp_path / "people", ["people_000000.jpg"])
+    line = _refused([str(video), str(people), *model, "--save-images", str(tmp_path)], capsys)
+    assert line == (
+        f"error: --save-images {tmp_path / 'people'}: the annotated frames of {video} would overwrite the input "
+        f"{people / 'people_000000.jpg'}; give another folder"
+    )
+    # The second stream's JSON lines would go where a folder is.
+    (tmp_path / "p.people.jsonl").mkdir()
+    line = _refused([str(people), str(video), *model, "--jsonl", str(tmp_path / "p.jsonl")], capsys)
+    assert f"--jsonl: cannot write {tmp_path / 'p.people.jsonl'}: it is a folder" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.people.jsonl", "people"]
+
+
+class BrokenCamera(FakeCamera):
+    """A camera whose frames turn bad (two channels) after ``frames`` good ones: its reader raises."""
+
+    def read(self):
+        if self.frames == 0:
+            return True, np.zeros((48, 64, 2), dtype=np.uint8)
+        return super().read()
+
+
+def test_a_stream_that_dies_ends_alone_and_keeps_its_outputs(runtime_models, video, monkeypatch, tmp_path, capsys):
+    capture = cv2.VideoCapture
+    monkeypatch.setattr(
+        sources_module.cv2,
+        "VideoCapture",
+        lambda target, *args: BrokenCamera(frames=4) if isinstance(target, int) else capture(target, *args),
+    )
+    truncated = tmp_path / "cut.avi"
+    truncated.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    args = ["0", str(video), str(truncated), "--model", str(runtime_models["float"])]
+    assert (
+        main([*args, "--jsonl", str(tmp_path / "p.jsonl"), "--save-video", str(tmp_path / "v.avi"), "--no-progress"])
+        == 1
+    )
+    stdout = capsys.readouterr().out
+    lines = {
+        name: len((tmp_path / f"p.{name}.jsonl").read_text().splitlines()) for name in ("camera0", "people", "cut")
+    }
+    assert lines["camera0"] == 4 and lines["people"] == FRAMES and 0 < lines["cut"] < FRAMES
+    assert len(_frames_of(tmp_path / "v.camera0.avi")) == 4 and len(_frames_of(tmp_path / "v.people.avi")) == FRAMES
+    assert "4 frames from 0 in" in stdout and "0 ended early: 0 frame 4 is an array of shape (48, 64, 2)" in stdout
+    assert f"{truncated} ended early: video {truncated} ended after {lines['cut']} of its {FRAMES} frames" in stdout
+    assert not [p for p in tmp_path.iterdir() if ".poet-tmp-" in p.name]
+
+
+def test_one_source_that_fails_is_still_the_runs_error(runtime_models, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sources_module.cv2, "VideoCapture", lambda *args: BrokenCamera(frames=3))
+    assert main(["0", "--model", str(runtime_models["uint8"]), "--jsonl", str(tmp_path / "p.jsonl")]) == 2
+    assert "error: 0 frame 3 is an array of shape (48, 64, 2)" in capsys.readouterr().err
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_track_writes_identities_of_the_people_from_the_threshold_up(runtime_models, video, tmp_path):
+    model = runtime_models["uint8"]
+    low = PoseEstimator(model, score_threshold=0.1).predict(_frames_of(video))
+    threshold = float(np.median([pose.score for poses in low for pose in poses]))
+    args = [str(video), "--model", str(model), "--score-threshold", f"{threshold:.4f}", "--no-progress"]
+    assert main([*args, "--track", "--no-smooth", "--jsonl", str(tmp_path / "raw.jsonl")]) == 0
+    assert main([*args, "--track", "--jsonl", str(tmp_path / "smooth.jsonl")]) == 0
+    raw, smooth = _records(tmp_path / "raw.jsonl"), _records(tmp_path / "smooth.jsonl")
+    frames_of_id: dict[int, int] = {}
+    for record, detected in zip(raw, low, strict=True):
+        ids = [pose["track_id"] for pose in record["poses"]]
+        assert all(isinstance(i, int) and i >= 1 for i in ids) and len(set(ids)) == len(ids)
+        for pose in record["poses"]:
+            # Poses below the threshold only keep a track going; the output is the same people as without --track.
+            assert pose["score"] >= threshold - 1e-4
+            # Unsmoothed, each tracked pose is one the model found.
+            assert any(np.allclose(pose["keypoints"], p.to_dict()["keypoints"], atol=0.01) for p in detected)
+            frames_of_id[pose["track_id"]] = frames_of_id.get(pose["track_id"], 0) + 1
+    assert max(frames_of_id.values()) > 1  # an identity kept across frames
+    assert [[p["track_id"] for p in r["poses"]] for r in smooth] == [[p["track_id"] for p in r["poses"]] for r in raw]
+    assert smooth[-1]["poses"][0]["keypoints"] != raw[-1]["poses"][0]["keypoints"]
+
+
+def test_no_smooth_needs_track(runtime_models, video, capsys):
+    with pytest.raises(SystemExit):
+        main([str(video), "--model", str(runtime_models["uint8"]), "--no-smooth"])
+    assert "--no-smooth applies to --track" in capsys.readouterr().err
+
+
+def test_tracked_people_are_drawn_in_their_identitys_colour():
+    from poet.drawing import draw_poses, track_colour
+    from poet.processing import Pose
+
+    keypoints = np.column_stack([np.linspace(20, 80, 17), np.linspace(10, 90, 17), np.ones(17)])
+    image = np.zeros((100, 100, 3), np.uint8)
+    untracked = draw_poses(image, [Pose(keypoints, 0.9)])
+    first, second = (draw_poses(image, [Pose(keypoints, 0.9, track_id=i)]) for i in (1, 2))
+    assert not np.array_equal(untracked, first) and not np.array_equal(first, second)
+    colours = {track_colour(i) for i in range(1, 9)}
+    assert len(colours) == 8
+    assert track_colour(1) in {tuple(int(c) for c in pixel) for pixel in first.reshape(-1, 3)}
