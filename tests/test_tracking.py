@@ -166,8 +166,12 @@ def test_one_euro_reduces_jitter_without_adding_error():
     def error(track: np.ndarray) -> float:
         return float(np.abs(track[30:] - truth[30:]).mean())
 
-    assert jitter(filtered) < 0.5 * jitter(noisy)
+    # The defaults smooth only as far as walking people are not lagged behind (tracking.py --tune): a quarter off.
+    assert jitter(filtered) < 0.8 * jitter(noisy)
     assert error(filtered) <= error(noisy)
+    stronger = OneEuroFilter(min_cutoff=1.0, beta=0.05)
+    smoothed = np.stack([stronger(values, t) for values, t in zip(noisy, times, strict=True)])
+    assert jitter(smoothed) < 0.5 * jitter(noisy)
 
 
 def test_one_euro_passes_a_constant_signal_unchanged():
