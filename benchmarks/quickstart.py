@@ -50,6 +50,7 @@ BENCH_VARIANTS = (
     "openvino-fp32",
     "openvino-bf16",
     "openvino-int8",
+    "openvino-int8-bf16",
     "trt-fp16",
     "trt-int8",
 )

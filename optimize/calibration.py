@@ -1,4 +1,4 @@
-"""INT8 calibration and quantization of a POET ONNX: which nodes stay in float, and the two Q/DQ layouts.
+"""INT8 calibration and quantization of a POET ONNX: which nodes stay in float, and the three Q/DQ layouts.
 
 Torch-free on purpose: :func:`quantize_int8` runs in a fresh process (ModelOpt patches ONNX Runtime's
 quantization modules process-wide), which then starts in a second instead of importing PyTorch.
@@ -90,6 +90,10 @@ class CalibrationReader:
             for index in range(first, end):
                 yield self._batch(index * self.batch_size)
                 bar.update(self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        """Every batch from the first (NNCF's dataset iterates the reader)."""
+        return self._generate()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -221,6 +225,30 @@ def _int8_tensorrt(
     )
 
 
+def _int8_openvino(source: Path, output: Path, reader: CalibrationReader, exclude: Sequence[str]) -> None:
+    """NNCF's post-training quantization for OpenVINO, written as ONNX Q/DQ (its ONNX backend).
+
+    NNCF places Q/DQ where OpenVINO's CPU plugin fuses them, with its transformer rules (softmax, LayerNorm and
+    the residual adds stay in float) and its own activation ranges plus bias correction; the heads, the
+    mask-only nodes and ``exclude`` are kept in float as in the other layouts.
+    """
+    # NNCF imports torch where it is installed, whose C++ extension module warns about CUDA on CPU machines.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nncf
+
+    model = onnx.load(source)
+    op_types, patterns = split_exclusions(model, exclude)
+    keep = [*mask_only_nodes(model), *names_matching(model, (*HEAD_NODE_PATTERNS, *patterns))]
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(reader),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(reader) * reader.batch_size,
+        ignored_scope=nncf.IgnoredScope(names=keep, types=list(op_types), validate=False),
+    )
+    onnx.save(quantized, output)
+
+
 @dataclass(frozen=True)
 class QuantizeJob:
     """One INT8 quantization: ``source`` calibrated on ``paths`` into ``output`` in ``target``'s Q/DQ layout."""
@@ -252,6 +280,8 @@ def quantize_int8(job: QuantizeJob) -> None:
     reader = CalibrationReader(job.paths, job.info, job.progress)
     if job.target == "cpu":
         _int8_cpu(job.source, job.output, reader, job.method, job.exclude)
+    elif job.target == "openvino":
+        _int8_openvino(job.source, job.output, reader, job.exclude)
     else:
         _int8_tensorrt(job.source, job.output, reader, job.method, job.exclude, job.float_type)
 

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         "--target",
         choices=INT8_TARGETS,
         default="tensorrt",
-        help="INT8 layout: symmetric Q/DQ for TensorRT (ModelOpt) or ONNX Runtime's CPU QDQ (default: tensorrt)",
+        help="INT8 layout: symmetric Q/DQ for TensorRT (ModelOpt), ONNX Runtime's CPU QDQ, or NNCF's for OpenVINO "
+        "(default: tensorrt)",
     )
     console.add_precision_options(parser)
     parser.add_argument("--cache-dir", type=Path, help="calibration cache (default: ~/.cache/poet-edge)")
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from poet.optimize.export import export_onnx
     from poet.optimize.precision import CalibrationSet, calibration_paths, make_variant
     from poet.optimize.report import evaluate_onnx, variant_report
-    from poet.optimize.variants import find_variant
+    from poet.optimize.variants import onnx_variant
 
     progress = not args.no_progress
     # Calibration and evaluation data are checked before the export, so a bad file or an empty folder wastes no
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.precision == "fp32":
         return 0
-    row = find_variant("onnxruntime", args.precision, args.target)
+    row = onnx_variant(args.precision, args.target)
     calibration = CalibrationSet(args.calib_images, args.calib_annotations) if args.calib_images else None
     variant = make_variant(
         exported.path,

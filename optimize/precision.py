@@ -4,7 +4,8 @@ TensorRT 11 has no FP16/INT8 builder flags and JetPack 6 ships TensorRT 10.3, so
 live in the ONNX and the engine is built strongly typed. FP16 is mixed precision (ModelOpt AutoCast)
 that keeps the numerically sensitive ops in FP32; INT8 is explicit Q/DQ from calibration on images
 preprocessed exactly as the runtime does, in the layout of the target: ModelOpt's symmetric TensorRT
-placement, or ONNX Runtime's static QDQ quantizer (u8 activations, per-channel s8 weights) for CPUs.
+placement, ONNX Runtime's static QDQ quantizer (u8 activations, per-channel s8 weights) for its CPU kernels, or
+NNCF's placement for OpenVINO.
 DETR-style accuracy breaks when attention softmax, LayerNorm, residual adds or the heads are
 quantized, so those stay in float.
 """
@@ -45,7 +46,7 @@ from poet.optimize.calibration import (
 )
 from poet.optimize.export import export_onnx, verification_batch
 from poet.optimize.tensorrt_check import default_opset, tensorrt_verdict
-from poet.optimize.variants import find_variant
+from poet.optimize.variants import onnx_variant
 
 logger = logging.getLogger("poet")
 
@@ -318,6 +319,7 @@ def _int8(
     if len(paths) < batch_size:
         raise PrecisionError(f"{len(paths)} usable calibration images cannot fill one batch of {batch_size}")
     float_type = float_type if target == "tensorrt" else "fp32"
+    method = method if target != "openvino" else "nncf"  # NNCF estimates its ranges its own way
     settings = {
         "target": target,
         "method": method,
@@ -425,7 +427,7 @@ def prepare_onnx(
         raise PrecisionError("a calibration annotation file needs its image folder too (--calib-images)")
     return make_variant(
         fp32,
-        find_variant("onnxruntime", precision, target).path(output_dir / fp32.name),
+        onnx_variant(precision, target).path(output_dir / fp32.name),
         precision,
         target=target,
         calibration=calibration,
@@ -435,3 +437,4 @@ def prepare_onnx(
         int8_float=int8_float,
         progress=progress,
     )
+

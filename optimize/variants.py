@@ -20,7 +20,7 @@ from poet.modelinfo import INT8_TARGETS, PRECISIONS
 class Variant:
     name: str  # as poet-bench and its report name it
     precision: str  # the file's: fp32, fp16 or int8
-    int8_target: str | None  # the Q/DQ layout of an INT8 variant: tensorrt or cpu
+    int8_target: str | None  # the Q/DQ layout of an INT8 variant: tensorrt, cpu or openvino
     suffix: str  # the file name ending after the FP32 export's stem
     backend: str  # torch, onnxruntime, tensorrt or openvino
     needs: str  # what it needs beyond the base install
@@ -52,10 +52,27 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("trt-fp32", "fp32", None, ".engine", "tensorrt", _TENSORRT),
     Variant("trt-fp16", "fp16", None, ".fp16.engine", "tensorrt", _TENSORRT),
     Variant("trt-int8", "int8", "tensorrt", ".int8-tensorrt.engine", "tensorrt", f"{_TENSORRT}, calibration images"),
-    # OpenVINO reads the ONNX files above; bf16 is the FP32 file with OpenVINO's float ops in bf16.
+    # OpenVINO reads the FP32 ONNX above (bf16: OpenVINO's float ops in bf16) and its own INT8 layout, NNCF's.
     Variant("openvino-fp32", "fp32", None, ".onnx", "openvino", _OPENVINO, "fp32"),
     Variant("openvino-bf16", "fp32", None, ".onnx", "openvino", f"{_OPENVINO}, a CPU with AVX512_BF16 or AMX", "bf16"),
-    Variant("openvino-int8", "int8", "cpu", ".int8-cpu.onnx", "openvino", f"{_OPENVINO}, calibration images", "fp32"),
+    Variant(
+        "openvino-int8",
+        "int8",
+        "openvino",
+        ".int8-openvino.onnx",
+        "openvino",
+        f"{_OPENVINO}, calibration images",
+        "fp32",
+    ),
+    Variant(
+        "openvino-int8-bf16",
+        "int8",
+        "openvino",
+        ".int8-openvino.onnx",
+        "openvino",
+        f"{_OPENVINO}, calibration images, a CPU with AVX512_BF16 or AMX",
+        "bf16",
+    ),
 )
 VARIANT_NAMES = tuple(variant.name for variant in VARIANTS)
 
@@ -79,6 +96,13 @@ def find_variant(backend: str, precision: str, int8_target: str | None = None) -
         if (row.backend, row.precision, row.int8_target) == (backend, precision, target):
             return row
     raise PoetError(f"no {backend} variant in {precision}" + (f" for {target}" if target else ""))
+
+
+def onnx_variant(precision: str, int8_target: str | None = None) -> Variant:
+    """The row of the ONNX file that ``poet-export`` writes for ``precision`` (INT8: in ``int8_target``'s layout):
+    ONNX Runtime's, but OpenVINO's for its own INT8 layout, which no other row reads."""
+    backend = "openvino" if precision == "int8" and int8_target == "openvino" else "onnxruntime"
+    return find_variant(backend, precision, int8_target)
 
 
 def table() -> str:

@@ -137,7 +137,8 @@ def add_calibration(parser: argparse.ArgumentParser, title: str = "INT8 calibrat
         "--calib-method",
         choices=CALIBRATION_METHODS,
         default=CALIBRATION_METHODS[0],
-        help="calibration statistic; TensorRT's INT8 takes entropy or max (default: entropy)",
+        help="calibration statistic; TensorRT's INT8 takes entropy or max, OpenVINO's (NNCF) has its own "
+        "(default: entropy)",
     )
 
 

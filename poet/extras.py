@@ -15,7 +15,8 @@ from poet.errors import MissingExtraError
 _MODEL = ("torch", "torchvision", "pycocotools")
 _OPTIMIZE = (
     *_MODEL,
-    *("onnx", "onnxslim", "modelopt", "onnx_graphsurgeon", "onnxconverter_common", "onnxscript", "polygraphy", "lief"),
+    *("onnx", "onnxslim", "modelopt", "onnx_graphsurgeon", "onnxconverter_common", "onnxscript", "polygraphy"),
+    *("lief", "nncf"),
 )
 # extra -> (what it is called in messages, the top-level modules it brings)
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {

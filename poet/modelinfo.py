@@ -43,7 +43,7 @@ FLOAT_NCHW = "float32-nchw-rgb"
 UINT8_NHWC = "uint8-nhwc-bgr"
 INPUT_FORMATS = (FLOAT_NCHW, UINT8_NHWC)
 PRECISIONS = ("fp32", "fp16", "int8")
-INT8_TARGETS = ("tensorrt", "cpu")
+INT8_TARGETS = ("tensorrt", "cpu", "openvino")
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,14 @@ def test_fp16_variant_of_a_uint8_input_model_runs_and_matches_fp32(runtime_model
         assert np.abs(fp16_best.keypoints[:, :2] - fp32_best.keypoints[:, :2]).max() < 2.0  # pixels
 
 
-@pytest.mark.parametrize(("target", "zero_point_type"), [("cpu", TensorProto.UINT8), ("tensorrt", TensorProto.INT8)])
+@pytest.mark.parametrize(
+    ("target", "zero_point_type"),
+    [
+        ("cpu", {TensorProto.UINT8}),
+        ("tensorrt", {TensorProto.INT8}),
+        ("openvino", {TensorProto.UINT8, TensorProto.INT8}),  # NNCF: asymmetric where a tensor is one-sided
+    ],
+)
 def test_int8_variants_quantize_convolutions_but_not_attention_and_stay_close(
     fp32, inputs, calib_dir, tmp_path, target, zero_point_type
 ):
@@ -109,7 +116,7 @@ def test_int8_variants_quantize_convolutions_but_not_attention_and_stay_close(
         for node in graph.node
         if node.op_type == "QuantizeLinear" and node.input[0] not in initializers
     }
-    assert activation_zero_points == {zero_point_type}
+    assert activation_zero_points and activation_zero_points <= zero_point_type
     assert all(producers.get(node.input[0]) != "DequantizeLinear" for node in graph.node if node.op_type == "Softmax")
     assert not any(
         producers.get(name) == "DequantizeLinear"

@@ -8,7 +8,7 @@ import pytest
 
 from poet.errors import PoetError
 from poet.modelinfo import INT8_TARGETS, PRECISIONS
-from poet.optimize.variants import VARIANT_NAMES, VARIANTS, find_variant, variant
+from poet.optimize.variants import VARIANT_NAMES, VARIANTS, find_variant, onnx_variant, variant
 from poet.runtime.backends import BACKEND_BY_SUFFIX
 
 
@@ -22,13 +22,16 @@ def test_names_and_files_are_unique_and_each_row_is_a_real_precision():
         assert (row.float_precision is not None) == (row.backend == "openvino")
 
 
-def test_openvino_rows_read_the_onnx_file_of_their_precision():
+def test_openvino_rows_read_the_fp32_onnx_and_their_own_int8_layout():
     rows = [row for row in VARIANTS if row.backend == "openvino"]
-    assert [row.name for row in rows] == ["openvino-fp32", "openvino-bf16", "openvino-int8"]
-    for row in rows:
-        onnx = find_variant("onnxruntime", row.precision, row.int8_target)
-        assert row.path(Path("m.onnx")) == onnx.path(Path("m.onnx")), row.name
-    assert [row.float_precision for row in rows] == ["fp32", "bf16", "fp32"]
+    assert [row.name for row in rows] == ["openvino-fp32", "openvino-bf16", "openvino-int8", "openvino-int8-bf16"]
+    fp32, int8 = find_variant("onnxruntime", "fp32").path(Path("m.onnx")), Path("m.int8-openvino.onnx")
+    assert [row.path(Path("m.onnx")) for row in rows] == [fp32, fp32, int8, int8]
+    assert find_variant("openvino", "int8", "openvino").name == onnx_variant("int8", "openvino").name == "openvino-int8"
+    assert onnx_variant("int8", "cpu").name == "onnx-int8-cpu" and onnx_variant("fp16").name == "onnx-fp16"
+    assert [row.float_precision for row in rows] == ["fp32", "bf16", "fp32", "bf16"]
+    deployed = {row.suffix for row in VARIANTS if row.backend not in ("torch", "openvino")}
+    assert rows[2].suffix not in deployed  # NNCF's INT8 file is no other row's
 
 
 def test_every_deployed_file_opens_with_the_backend_its_row_names():
