@@ -178,3 +178,36 @@ def test_the_openvino_backend_imports_no_torch(runtime_models, coco):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "ok 6"
+
+
+def test_poet_bench_runs_the_openvino_variants_beside_onnx_runtime(tiny_checkpoint, coco, tmp_path, monkeypatch):
+    """Same file, same AP: OpenVINO fp32 scores ONNX Runtime's AP; bf16 stays within a point; a missing OpenVINO
+    is a skipped row with the reason, not a failed run."""
+    import importlib.util
+
+    from poet.benchmarks import bench
+
+    variants = ["onnx-fp32", "openvino-fp32", "openvino-bf16"]
+    argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(coco), "--limit", "4", "--iters", "2", "--warmup", "1"]
+    argv += ["--work-dir", str(tmp_path / "variants"), "--no-progress", "--variants", *variants]
+    assert bench.main([*argv, "--output", str(tmp_path / "out")]) == 0
+    rows = {row["name"]: row for row in json.loads((tmp_path / "out" / "bench.json").read_text())["variants"]}
+    assert rows["openvino-fp32"]["status"] == "ok"
+    assert rows["openvino-fp32"]["model_path"] == rows["onnx-fp32"]["model_path"]
+    assert rows["openvino-fp32"]["accuracy"]["AP"] == pytest.approx(rows["onnx-fp32"]["accuracy"]["AP"], abs=1e-3)
+    if HAS_BF16:
+        assert rows["openvino-bf16"]["status"] == "ok"
+        assert rows["openvino-bf16"]["accuracy"]["AP"] == pytest.approx(rows["onnx-fp32"]["accuracy"]["AP"], abs=0.01)
+    else:
+        assert "cannot run OpenVINO in bf16" in rows["openvino-bf16"]["reason"]
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else find_spec(name, *a)
+    )
+    assert bench.main([*argv, "--output", str(tmp_path / "without")]) == 0
+    rows = {row["name"]: row for row in json.loads((tmp_path / "without" / "bench.json").read_text())["variants"]}
+    assert rows["onnx-fp32"]["status"] == "ok"
+    for name in ("openvino-fp32", "openvino-bf16"):
+        assert rows[name]["status"] == "skipped"
+        assert rows[name]["reason"] == 'OpenVINO not installed (pip install "poet-edge[openvino]")'
