@@ -7,8 +7,8 @@ value keeps its own last timestamp, so values skipped for a while (an occluded k
 longer time step, which smooths them less instead of dragging them back from a stale position.
 
 The defaults are for keypoints in pixels at about 30 fps, tuned with ``benchmarks/scripts/tracking.py --tune``
-on the quickstart model's detections of synthetic people walking in 128x128 videos: the least jitter whose mean
-error to the truth is no larger than the raw keypoints' (jitter 0.91 -> 0.64 px/frame², error 2.94 -> 2.93 px;
+on the quickstart model's detections of synthetic people walking in 128x128 videos: little jitter while the mean
+error to the truth stays below the raw keypoints' (jitter 0.91 -> 0.64 px/frame², error 2.94 -> 2.93 px;
 lower ``min_cutoff`` or ``beta`` smooth more but lag behind walking people, which raises the error). ``beta``
 multiplies a speed in pixels per second: with 0.5, a joint moving 30 px/s (1 px a frame) raises the cutoff from
 4 Hz to 19 Hz. In larger images the same motion covers more pixels, so ``beta`` scales down with resolution
