@@ -141,7 +141,7 @@ BAD_FIELDS = [
     ({"batch": None, "max_batch": None}, "max_batch must be a whole number of at least 1, got None"),
     ({"input_format": "rgb"}, "input_format must be one of float32-nchw-rgb, uint8-nhwc-bgr, got 'rgb' (a string)"),
     ({"precision": "fp64"}, "precision must be one of fp32, fp16, int8, got 'fp64'"),
-    ({"target": "gpu"}, "target (null unless int8) must be one of tensorrt, cpu, got 'gpu'"),
+    ({"target": "gpu"}, "target (null unless int8) must be one of tensorrt, cpu, openvino, got 'gpu'"),
     ({"decoded": "yes"}, "decoded must be true or false, got 'yes' (a string)"),
     ({"float_ops": "LayerNormalization"}, "float_ops must be a list of op type names"),
     ({"extra": [1]}, "extra must be a JSON object, got [1] (a list)"),
