@@ -437,4 +437,3 @@ def prepare_onnx(
         int8_float=int8_float,
         progress=progress,
     )
-

@@ -53,7 +53,7 @@ def keypoint_error(reference: Sequence[Outputs], outputs: Sequence[Outputs], siz
 
 def onnxruntime_runner(path: Path) -> Callable[[Feeds], Outputs]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda feeds: tuple(session.run(["pred_logits", "pred_kpts"], feeds))  # type: ignore[return-value]
+    return lambda feeds: tuple(session.run(["pred_logits", "pred_kpts"], feeds))
 
 
 def openvino_compiled(path: Path) -> Any:
