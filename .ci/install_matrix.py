@@ -216,6 +216,21 @@ def lines(fixtures: Path) -> list[Line]:
                     ],
                     files=["int8.onnx"],
                 ),
+                # NNCF's INT8 for OpenVINO: the file is made here; running it needs the [openvino] line's package.
+                Check(
+                    [
+                        "poet-export",
+                        checkpoint,
+                        "-o",
+                        "ov.onnx",
+                        "--precision",
+                        "int8",
+                        "--target",
+                        "openvino",
+                        *calibration,
+                    ],
+                    files=["ov.int8-openvino.onnx"],
+                ),
                 # Without TensorRT the FP16 ONNX is made here and the engine is left to the target machine.
                 Check(
                     ["poet-build-engine", "tiny.onnx", "-o", "tiny.engine", "--fp16"],
