@@ -229,6 +229,19 @@ def cases(fx: Path) -> list[Case]:
         Case("input", "poet-run: metadata input_size a string", [*run, one, "--model", str(fx / "metatype.onnx")]),
         Case("input", "poet-run: metadata disagrees with graph", [*run, one, "--model", str(fx / "metashape.onnx")]),
         Case("input", "poet-run: TensorRT engine without sidecar", [*run, one, "--model", str(fx / "bare.engine")]),
+        Case("input", "poet-run: the same image twice", [*run, one, one, "--model", onnx_model], text="given twice"),
+        Case(
+            "input",
+            "poet-run: --precision with ONNX Runtime",
+            [*run, one, "--model", onnx_model, "--backend", "onnxruntime", "--precision", "bf16"],
+            text="chooses OpenVINO's float precision",
+        ),
+        Case(
+            "input",
+            "poet-run: corrupt ONNX in OpenVINO",
+            [*run, one, "--model", str(fx / "corrupt.onnx"), "--backend", "openvino"],
+            text="not a model OpenVINO can read",
+        ),
         Case("input", "poet-predict: ONNX given as checkpoint", ["poet-predict", one, "--checkpoint", onnx_model]),
         Case(
             "input", "poet-predict: 100 random bytes as .pth", ["poet-predict", one, "--checkpoint", f"{fx}/random.pth"]
