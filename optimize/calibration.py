@@ -243,7 +243,7 @@ def _int8_openvino(source: Path, output: Path, reader: CalibrationReader, exclud
         model,
         nncf.Dataset(reader),
         model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(reader) * reader.batch_size,
+        subset_size=len(reader),  # batches, each of the model's batch size
         ignored_scope=nncf.IgnoredScope(names=keep, types=list(op_types), validate=False),
     )
     onnx.save(quantized, output)
