@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from poet.skeleton import KEYPOINT_SIDES, SIDE_COLOURS_BGR, SKELETON, limb_side
 _TRACK_HUE_STEP = 0.6180339887
 
 
+@functools.lru_cache(maxsize=1024)
 def track_colour(track_id: int) -> tuple[int, int, int]:
     """The BGR colour of one identity, the same in every frame; nearby ids get distant hues."""
     hue = round((track_id * _TRACK_HUE_STEP) % 1.0 * 180) % 180
