@@ -1,12 +1,12 @@
 """Why OpenVINO and ONNX Runtime part ways on one INT8 Q/DQ model: which fused op moves the keypoints.
 
 Both engines run the same INT8 file (OpenVINO with fp32 float ops) on the same letterboxed images, and their
-keypoints are compared with the FP32 model's (ONNX Runtime) on the queries FP32 calls people (p > 0.3), in
-pixels of the model's input. Then, one at a time, each Conv, MatMul and Gemm output is made a graph output: a
-tensor that must be kept stops OpenVINO from fusing that op with what follows it, and the ops whose blocking
-brings OpenVINO back to ONNX Runtime's error are where OpenVINO's compiled graph computes something else. For
-the first of them it prints the op OpenVINO compiled it into, plain and blocked (its layer type and the ONNX
-nodes fused into it).
+keypoints are compared with the FP32 model's (ONNX Runtime) on the queries FP32 calls people (person score above
+0.3, as decoding scores them), in pixels of the model's input. Then, one at a time, each Conv, MatMul and Gemm
+output is made a graph output: a tensor that must be kept stops OpenVINO from fusing that op with what follows it,
+and the ops whose blocking brings OpenVINO back to ONNX Runtime's error are where OpenVINO's compiled graph
+computes something else. For the first of them it prints the op OpenVINO compiled it into, plain and blocked (its
+layer type and the ONNX nodes fused into it).
 
     python benchmarks/scripts/int8_drift.py runs/quickstart/variants/model.int8-cpu.onnx \\
         --fp32 runs/quickstart/variants/model.onnx --images runs/quickstart/data/val2017 --limit 40
@@ -27,7 +27,7 @@ import openvino as ov
 
 from poet.images import list_images, read_image
 from poet.modelinfo import IMAGES, MASK
-from poet.processing import decode_keypoints
+from poet.processing import decode_keypoints, person_scores
 from poet.runtime import PoseEstimator
 
 PERSON = 0.3
@@ -36,16 +36,12 @@ Feeds = dict[str, np.ndarray]
 Outputs = tuple[np.ndarray, np.ndarray]  # pred_logits, pred_kpts
 
 
-def person_probability(logits: np.ndarray) -> np.ndarray:
-    exponent = np.exp(logits - logits.max(-1, keepdims=True))
-    return (exponent / exponent.sum(-1, keepdims=True))[..., 1]
-
-
 def keypoint_error(reference: Sequence[Outputs], outputs: Sequence[Outputs], size: int) -> np.ndarray:
     """|x, y| differences (input px) of every keypoint of the reference's people."""
     parts = []
     for (logits, kpts), (_, other) in zip(reference, outputs, strict=True):
-        people = person_probability(logits) > PERSON
+        scores, labels = person_scores(logits)
+        people = (labels == 1) & (scores > PERSON)  # the queries decoding would call people
         difference = decode_keypoints(kpts)[..., :2] - decode_keypoints(other)[..., :2]
         parts.append(np.abs(difference)[people].ravel() * size)
     return np.concatenate(parts)
