@@ -19,6 +19,7 @@ from poet.checkpoint import read_checkpoint
 from poet.errors import DatasetError, PoetError
 from poet.model import PoetConfig, build_model
 from poet.processing import PreprocessConfig
+from poet.train import precision
 from poet.train.config import TrainConfig, parse_config
 from poet.train.criterion import SetCriterion
 from poet.train.dataset import CocoKeypoints, collate
@@ -104,9 +105,14 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(coco_batch):
     assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5]), losses
 
 
-@pytest.mark.parametrize("encoder_aux_coef", [0.0, 1.0], ids=["authors", "encoder-aux"])
-def test_resumed_run_reproduces_the_uninterrupted_run_exactly(coco, tmp_path, encoder_aux_coef):
+@pytest.mark.parametrize(
+    ("encoder_aux_coef", "mixed"), [(0.0, False), (1.0, False), (0.0, True)], ids=["authors", "encoder-aux", "amp"]
+)
+def test_resumed_run_reproduces_the_uninterrupted_run_exactly(coco, tmp_path, monkeypatch, encoder_aux_coef, mixed):
     settings = dict(epochs=3, max_steps_per_epoch=3, lr_drops=[2], dropout=0.1, encoder_aux_coef=encoder_aux_coef)
+    if mixed:  # bfloat16 autocast and channels-last tensors, emulated where the CPU lacks bfloat16 instructions
+        monkeypatch.setattr(precision, "cpu_has_fast_bfloat16", lambda: True)
+        settings.update(amp=True, channels_last=True)
     straight = Trainer(tiny_training(coco, tmp_path / "straight", **settings))
     straight.fit()
     interrupted = Trainer(tiny_training(coco, tmp_path / "resumed", **{**settings, "epochs": 1}))
@@ -121,6 +127,7 @@ def test_resumed_run_reproduces_the_uninterrupted_run_exactly(coco, tmp_path, en
     final_a = read_checkpoint(tmp_path / "straight" / "checkpoint.pth")
     final_b = read_checkpoint(tmp_path / "resumed" / "checkpoint.pth")
     assert all(torch.equal(final_a.state_dict[k], final_b.state_dict[k]) for k in final_a.state_dict)
+    assert resumed.precision.dtype == (torch.bfloat16 if mixed else None)
     rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("epoch,lr,loss")
     # The training-only encoder head resumes too, outside the model's (the authors') state dict.
@@ -333,9 +340,14 @@ def test_sigkill_during_checkpoint_write_leaves_previous_checkpoint_intact(tmp_p
     assert read_checkpoint(path).extra["epoch"] == 0
 
 
-@pytest.mark.parametrize("encoder_aux_coef", ["0", "1"], ids=["authors", "encoder-aux"])
-def test_torchrun_ddp_on_cpu(coco, tmp_path, encoder_aux_coef):
-    """Two processes (gloo) train one short epoch together and rank 0 writes the checkpoint."""
+@pytest.mark.parametrize(
+    "flags",
+    [["--encoder-aux-coef", "0"], ["--encoder-aux-coef", "1"], ["--amp", "--channels-last"]],
+    ids=["authors", "encoder-aux", "amp"],
+)
+def test_torchrun_ddp_on_cpu(coco, tmp_path, flags):
+    """Two processes (gloo) train one short epoch together and rank 0 writes the checkpoint (with --amp: in
+    bfloat16 where the CPU has it, else in float32 after a warning)."""
     command = [
         sys.executable,
         "-m",
@@ -365,8 +377,7 @@ def test_torchrun_ddp_on_cpu(coco, tmp_path, encoder_aux_coef):
         "cpu",
         "--threads",
         "1",
-        "--encoder-aux-coef",
-        encoder_aux_coef,
+        *flags,
     ]
     for key, value in TINY_MODEL.items():
         command += ["--" + key.replace("_", "-"), str(value)]
@@ -375,6 +386,9 @@ def test_torchrun_ddp_on_cpu(coco, tmp_path, encoder_aux_coef):
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = read_checkpoint(tmp_path / "checkpoint.pth")
     assert isinstance(checkpoint.extra["rng"], list) and len(checkpoint.extra["rng"]) == 2
+    if "--amp" in flags:
+        said = "mixed precision: bfloat16 autocast" if precision.cpu_has_fast_bfloat16() else "no bfloat16 instructions"
+        assert said in result.stderr
     assert np.isfinite(float((tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")[2]))
 
 

@@ -29,6 +29,7 @@ from poet.checks import check_value, describe, did_you_mean
 from poet.errors import PoetError
 from poet.model.config import POSITION_EMBEDDINGS, RESNET_NAMES, PoetConfig
 from poet.processing import PreprocessConfig
+from poet.train.precision import AMP_DTYPES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,7 +81,9 @@ class TrainConfig:
     lr_drops: list[int] = field(default_factory=lambda: [200])
     lr_gamma: float = 0.1
     clip_max_norm: float = 0.1
-    amp: bool = True
+    amp: bool | None = None
+    amp_dtype: str = "auto"
+    channels_last: bool = False
     # Matching costs and loss weights.
     set_cost_class: float = 1.0
     set_cost_kpts: float = 5.0
@@ -152,7 +155,10 @@ HELP = {
     "lr_backbone": "learning rate of the backbone; 0 freezes it",
     "lr_drops": "epochs after which the learning rate is multiplied by --lr-gamma",
     "clip_max_norm": "gradient-norm clipping (0 disables)",
-    "amp": "mixed precision on CUDA (ignored on CPU)",
+    "amp": "mixed precision: float16 with a grad scaler on CUDA, bfloat16 on a CPU with AVX-512 BF16 or AMX "
+    "(float32 with a warning on one without); unset: on for CUDA, off for a CPU",
+    "amp_dtype": "auto (float16 on CUDA, bfloat16 on a CPU), float16 or bfloat16",
+    "channels_last": "model and images in channels-last memory layout (faster convolutions with --amp)",
     "eos_coef": "class weight of 'no object' in the cross-entropy",
     "encoder_aux_coef": "weight of the training-only dense keypoint loss on the encoder tokens "
     "(train/encoder_aux.py; not in checkpoints' model or exports); 0 trains as the authors do",
@@ -320,7 +326,11 @@ _AT_LEAST_0 = (
 )
 _ABOVE_0 = ("lr", "lr_gamma")
 _PROBABILITIES = ("flip_prob", "crop_prob")
-_CHOICES: dict[str, tuple[str, ...]] = {"backbone": RESNET_NAMES, "position_embedding": POSITION_EMBEDDINGS}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "backbone": RESNET_NAMES,
+    "position_embedding": POSITION_EMBEDDINGS,
+    "amp_dtype": AMP_DTYPES,
+}
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # YAML 1.1 (PyYAML) reads 1e-4, without a dot, as a string: such text is taken as the number it spells.
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")

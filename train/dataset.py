@@ -51,9 +51,9 @@ class Batch:
     targets: list[dict[str, torch.Tensor]]
     skipped: int = 0
 
-    def to(self, device: torch.device | str) -> Batch:
+    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.contiguous_format) -> Batch:
         return Batch(
-            self.images.to(device, non_blocking=True),
+            self.images.to(device, non_blocking=True, memory_format=memory_format),
             None if self.mask is None else self.mask.to(device, non_blocking=True),
             [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in self.targets],
             self.skipped,

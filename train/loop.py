@@ -42,6 +42,7 @@ from poet.train.criterion import SetCriterion
 from poet.train.dataset import Batch, CocoKeypoints, collate
 from poet.train.encoder_aux import EncoderKeypointHead, EncoderKeypointLoss
 from poet.train.matcher import HungarianMatcher
+from poet.train.precision import training_precision
 from poet.train.transforms import TrainTransform
 
 logger = logging.getLogger("poet")
@@ -238,6 +239,11 @@ class Trainer:
         )
         self.train_set = CocoKeypoints(*train_paths, config.preprocess(), transform, seed=config.seed)
         self.model = build_model_for_training(config).to(self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.precision = training_precision(config.amp, config.amp_dtype, self.device)
+        if self.precision.dtype is not None and self.dist.is_main:
+            logger.info("mixed precision: %s autocast on %s", self.precision.name, self.device)
         matcher = HungarianMatcher(
             cost_class=config.set_cost_class,
             cost_kpts=config.set_cost_kpts,
@@ -269,8 +275,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=config.lr_drops, gamma=config.lr_gamma
         )
-        self.use_amp = config.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.scaled)
         self.start_epoch = 0
         self.best_ap = -1.0
         self.history: list[dict[str, Any]] = []
@@ -335,7 +340,8 @@ class Trainer:
         scheduler_state = dict(state["scheduler"])
         scheduler_state["milestones"] = Counter(scheduler_state["milestones"])
         self.scheduler.load_state_dict(scheduler_state)
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without float16 (nothing to carry over)
+            self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"]) + 1
         self.best_ap = float(state.get("best_ap", -1.0))
         self.history = list(state.get("history", []))
@@ -363,7 +369,7 @@ class Trainer:
         for step, batch in enumerate(self.loader):
             if step >= steps:
                 break
-            batch = batch.to(self.device)
+            batch = batch.to(self.device, self.memory_format)
             stats.seconds["data"] += timer.lap()
             total = self._step(batch, stats, timer)
             stats.steps += 1
@@ -376,7 +382,7 @@ class Trainer:
         return stats
 
     def _step(self, batch: Batch, stats: EpochStats, timer: _Timer) -> float:
-        with torch.autocast(self.device.type, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype is not None):
             outputs = self.ddp_model(batch.images, batch.mask)
         stats.seconds["forward"] += timer.lap()
         outputs = _to_float32(outputs)
