@@ -1,11 +1,12 @@
 """The prepared GPU check: every figure poet-edge wants from a machine with CUDA, in one run and one JSON.
 
 Rows: PyTorch FP32 and FP16 (autocast) inference latency of POET-R50 at 512x512, batch 1 and 8, eager and
-replayed as a CUDA graph; AMP training images/s at batch 8 through the real training loop; the runtime's
-cuda-python buffers, stream and graph (a round trip checked bit for bit, with its copy bandwidth); and ONNX
-Runtime on the CPU on the same model's ONNX export as a control. Without CUDA every GPU row is reported as
-skipped with the reason, and the control still runs. Weights are random unless ``--checkpoint`` is given
-(latency does not depend on them). ``benchmarks/device_check.sh`` runs it from a bare checkout.
+replayed as a CUDA graph; training images/s at batch 8 in float32 and with AMP through the real training loop;
+the runtime's cuda-python buffers, stream and graph (a round trip checked bit for bit, with its copy
+bandwidth); and ONNX Runtime on the CPU on the same model's ONNX export as a control. Without CUDA every GPU
+row is reported as skipped with the reason, and the control still runs. Weights are random unless
+``--checkpoint`` is given (latency does not depend on them). ``benchmarks/device_check.sh`` runs it from a bare
+checkout.
 
 Run: ``python benchmarks/scripts/device_check.py [--output device_check.json] [--backbone resnet18 --input-size 128]``.
 """
@@ -118,30 +119,36 @@ def inference_rows(model: POET, size: int, batches: Sequence[int], iters: int, w
     return rows
 
 
-def training_row(backbone: str, size: int, batch: int, steps: int) -> Row:
-    """AMP training images/s through the real poet-train loop on synthetic people."""
-    settings = {"backbone": backbone, "input_size": size, "batch": batch, "amp": True, "steps": steps}
+def training_rows(backbone: str, size: int, batch: int, steps: int) -> list[Row]:
+    """Training images/s in float32 and with AMP (float16, grad scaler) through the real poet-train loop, in turns."""
+    settings = {"backbone": backbone, "input_size": size, "batch": batch, "steps": steps}
+    names = ("fp32", "amp")
     reason = cuda_reason()
     if reason is not None:
-        return skipped("torch-training", reason, **settings)
+        return [skipped("torch-training", reason, setting=name, **settings) for name in names]
     from train_throughput import measure
 
     try:
         with tempfile.TemporaryDirectory() as work_dir:
-            result = measure(steps, size, batch, "cuda", True, backbone, Path(work_dir))
+            results = measure(names, 2, steps, size, batch, "cuda", backbone, Path(work_dir))
     except Exception as error:
-        return failed("torch-training", error, **settings)
-    shares = {
-        f"share_{k}": round(v, 3) for k, v in result.items() if k not in ("images_per_second", "seconds_per_step")
-    }
-    return {
-        "name": "torch-training",
-        **settings,
-        "images_per_s": round(result["images_per_second"], 1),
-        "seconds_per_step": round(result["seconds_per_step"], 4),
-        **shares,
-        "status": "ok",
-    }
+        return [failed("torch-training", error, setting=name, **settings) for name in names]
+    rows = []
+    for name, result in results.items():
+        shares = {f"share_{stage}": round(value, 3) for stage, value in result["shares"].items()}
+        rows.append(
+            {
+                "name": "torch-training",
+                "setting": name,
+                **settings,
+                "images_per_s": round(result["images_per_second"], 1),
+                "autocast": result["precision"],
+                "vs_fp32": round(result["ratio"], 2),
+                **shares,
+                "status": "ok",
+            }
+        )
+    return rows
 
 
 def capture_failure_recovers(stream: Any, buffer: Any, pattern: np.ndarray) -> bool:
@@ -286,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backbone", default="resnet50", help="backbone of the random model (default: resnet50)")
     parser.add_argument("--input-size", type=int, default=512, help="square input size (default: 512)")
     parser.add_argument("--batches", default="1,8", help="inference batch sizes (default: 1,8)")
-    parser.add_argument("--train-batch", type=int, default=8, help="AMP training batch (default: 8)")
+    parser.add_argument("--train-batch", type=int, default=8, help="training batch, float32 and AMP (default: 8)")
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps (default: 10)")
     parser.add_argument("--iters", type=int, default=50, help="timed GPU forward passes per row (default: 50)")
     parser.add_argument("--cpu-iters", type=int, default=10, help="timed ONNX Runtime CPU runs (default: 10)")
@@ -302,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_checkpoint(checkpoint, build_model(config, PreprocessConfig(input_size=(args.input_size,) * 2)))
         model = load_model(checkpoint)
         rows = inference_rows(model, args.input_size, batches, args.iters, warmup=10)
-        rows.append(training_row(args.backbone, args.input_size, args.train_batch, args.train_steps))
+        rows.extend(training_rows(args.backbone, args.input_size, args.train_batch, args.train_steps))
         rows.append(runtime_cuda_row())
         rows.append(onnxruntime_row(checkpoint, args.input_size, args.cpu_iters, warmup=2))
     seconds = round(time.perf_counter() - started, 1)

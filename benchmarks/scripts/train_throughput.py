@@ -1,17 +1,24 @@
-"""Training throughput of POET (default POET-R50 at 512x512, batch 2) and where each step's time goes.
+"""Training images/s of POET (default POET-R50 at 512x512, batch 2) for each precision and memory layout, in turns.
 
-Prints images/s and the share of each step spent in data loading, forward, Hungarian matching plus
-loss, and backward plus optimizer step, measured by the real ``poet-train`` loop on synthetic
-people. Run: ``python benchmarks/scripts/train_throughput.py [--steps N] [--device cuda] [--amp]``.
+Every setting gets its own trainer (same seed, same weights, same synthetic people) through the real
+``poet-train`` loop; after one warm-up step each, rounds of ``--steps`` steps run setting after setting,
+so a CPU whose speed drifts over minutes slows them all alike. Prints each setting's median images/s,
+its median ratio to float32 over the rounds, and where its step time goes (data, forward, Hungarian
+matching plus loss, backward plus optimizer step).
+
+Run: ``python benchmarks/scripts/train_throughput.py [--settings fp32 amp+channels-last] [--device cuda]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,14 +26,20 @@ from poet.synthetic import generate_dataset
 from poet.train.config import TrainConfig
 from poet.train.loop import Trainer
 
+# Setting name -> the poet-train options it sets.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "fp32": {"amp": False, "channels_last": False},
+    "channels-last": {"amp": False, "channels_last": True},
+    "amp": {"amp": True, "channels_last": False},
+    "amp+channels-last": {"amp": True, "channels_last": True},
+}
 
-def measure(
-    steps: int, input_size: int, batch_size: int, device: str, amp: bool, backbone: str, work_dir: Path
-) -> dict[str, float]:
-    data = work_dir / "data"
-    generate_dataset(
-        data, steps * batch_size + batch_size, split="train2017", image_size=(input_size, input_size), progress=False
-    )
+STAGES = ("data", "forward", "matching_and_loss", "backward_and_step")
+
+
+def build_trainer(
+    setting: str, data: Path, input_size: int, batch_size: int, device: str, backbone: str, work_dir: Path
+) -> Trainer:
     config = TrainConfig(
         data=str(data),
         input_size=[input_size, input_size],
@@ -34,46 +47,107 @@ def measure(
         num_queries=25,
         batch_size=batch_size,
         epochs=1,
-        max_steps_per_epoch=steps + 1,
+        max_steps_per_epoch=1,
         eval_every=0,
-        num_workers=1,
-        output_dir=str(work_dir / "run"),
+        # Loading in the main process: a worker would be forked at every round's epoch, and the copy-on-write
+        # page faults that follow a fork cost the parent seconds of kernel time, far more than a round's
+        # loading, where a real epoch of thousands of steps pays them once.
+        num_workers=0,
+        output_dir=str(work_dir / setting),
         device=device,
-        amp=amp,
         tensorboard=False,
-        progress=True,
+        progress=False,
+        **SETTINGS[setting],
     )
-    trainer = Trainer(config)
-    trainer.config.max_steps_per_epoch = 1  # warm-up step: allocator, autotuning, first data batch
-    trainer.train_one_epoch(0)
+    return Trainer(config)
+
+
+def run_steps(trainer: Trainer, steps: int, epoch: int) -> tuple[float, dict[str, float]]:
+    """(images/s, seconds by stage) of ``steps`` training steps."""
     trainer.config.max_steps_per_epoch = steps
     started = time.perf_counter()
-    stats = trainer.train_one_epoch(1)
-    elapsed = time.perf_counter() - started
-    shares = {k: v / elapsed for k, v in stats.seconds.items()}
-    return {"images_per_second": stats.images / elapsed, "seconds_per_step": elapsed / stats.steps, **shares}
+    stats = trainer.train_one_epoch(epoch)
+    return stats.images / (time.perf_counter() - started), dict(stats.seconds)
+
+
+def measure(
+    settings: Sequence[str],
+    rounds: int,
+    steps: int,
+    input_size: int,
+    batch_size: int,
+    device: str,
+    backbone: str,
+    work_dir: Path,
+) -> dict[str, dict[str, Any]]:
+    """Per setting: median images/s, median ratio to the first setting per round, autocast dtype, stage shares."""
+    data = work_dir / "data"
+    generate_dataset(
+        data, (steps + 1) * batch_size, split="train2017", image_size=(input_size, input_size), progress=False
+    )
+    trainers = {
+        name: build_trainer(name, data, input_size, batch_size, device, backbone, work_dir) for name in settings
+    }
+    for trainer in trainers.values():
+        run_steps(trainer, 1, 0)  # warm-up: allocator, oneDNN/cuDNN kernel choice, the first batch
+    speeds: dict[str, list[float]] = defaultdict(list)
+    seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for round_index in range(rounds):
+        for name, trainer in trainers.items():
+            images_per_second, stages = run_steps(trainer, steps, round_index + 1)
+            speeds[name].append(images_per_second)
+            for stage, value in stages.items():
+                seconds[name][stage] += value
+    baseline = speeds[settings[0]]
+    results = {}
+    for name in settings:
+        total = sum(seconds[name].values())
+        results[name] = {
+            "images_per_second": statistics.median(speeds[name]),
+            "ratio": statistics.median(s / b for s, b in zip(speeds[name], baseline, strict=True)),
+            "precision": trainers[name].precision.name,
+            "shares": {stage: value / total for stage, value in seconds[name].items()},
+        }
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up step (default: 10)")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=list(SETTINGS),
+        default=list(SETTINGS),
+        help="settings to time; ratios are to the first (default: all)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every setting in turn (default: 3)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per setting and round (default: 4)")
     parser.add_argument("--input-size", type=int, default=512, help="square input size (default: 512)")
     parser.add_argument("--batch-size", type=int, default=2, help="images per step (default: 2)")
     parser.add_argument("--backbone", default="resnet50", help="ResNet backbone (default: resnet50)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work_dir:
-        result = measure(
-            args.steps, args.input_size, args.batch_size, args.device, args.amp, args.backbone, Path(work_dir)
+        results = measure(
+            args.settings,
+            args.rounds,
+            args.steps,
+            args.input_size,
+            args.batch_size,
+            args.device,
+            args.backbone,
+            Path(work_dir),
         )
     where = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     )
-    print(f"POET-{args.backbone} {args.input_size}x{args.input_size}, batch {args.batch_size}, {where}, amp={args.amp}")
-    print(f"  {result['images_per_second']:.2f} images/s, {result['seconds_per_step']:.2f} s/step")
-    for stage in ("data", "forward", "matching_and_loss", "backward_and_step"):
-        print(f"  {stage:<18} {100 * result.get(stage, 0.0):5.1f}% of step time")
+    print(f"POET-{args.backbone} {args.input_size}x{args.input_size}, batch {args.batch_size}, {where}")
+    print(f"{args.rounds} rounds x {args.steps} steps in turns; ratio: median per round against {args.settings[0]}")
+    print("| setting | autocast | images/s | ratio | data | forward | matching+loss | backward+step |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, row in results.items():
+        shares = " | ".join(f"{100 * row['shares'].get(stage, 0.0):.0f}%" for stage in STAGES)
+        print(f"| {name} | {row['precision']} | {row['images_per_second']:.2f} | {row['ratio']:.2f}x | {shares} |")
 
 
 if __name__ == "__main__":
