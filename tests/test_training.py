@@ -71,6 +71,23 @@ def test_loader_reads_coco_train_and_val(coco):
             assert torch.equal(keypoints[:, 2] == 0, no_visible)
 
 
+def test_loader_workers_kept_across_epochs_augment_each_epoch_anew(coco, tmp_path):
+    """The training loader's workers outlive an epoch and still draw that epoch's augmentation."""
+    trainer = Trainer(tiny_training(coco, tmp_path, num_workers=2))
+    assert trainer.loader.persistent_workers
+    loaded = []
+    for epoch in (0, 1):
+        trainer.sampler.set_epoch(epoch)
+        trainer.train_set.set_epoch(epoch)
+        order = list(trainer.sampler)
+        batches = list(trainer.loader)
+        expected = [collate([trainer.train_set[i] for i in order[2 * k : 2 * k + 2]]) for k in range(len(batches))]
+        for batch, wanted in zip(batches, expected, strict=True):
+            assert torch.equal(batch.images, wanted.images)
+        loaded.append({int(t["image_id"]): t["keypoints"] for b in batches for t in b.targets})
+    assert any(not torch.equal(loaded[0][i], loaded[1][i]) for i in loaded[0].keys() & loaded[1].keys())
+
+
 def test_batch_without_padding_has_no_mask_and_the_same_outputs(coco):
     """Same-size images need no padding mask; the model's answer is the one an all-False mask gives."""
     dataset = CocoKeypoints(

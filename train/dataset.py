@@ -12,6 +12,7 @@ before training, as evaluation does.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,7 +81,8 @@ class CocoKeypoints(Dataset[Sample | None]):
 
     ``transform`` augments (image, people-in-pixels) with a per-sample generator seeded from
     (seed, epoch, index), so augmentation is reproducible whatever the worker count; call
-    :meth:`set_epoch` each epoch. Without a transform, images are letterboxed as at evaluation.
+    :meth:`set_epoch` each epoch. The epoch lives in shared memory, so loader workers that outlive an
+    epoch (``persistent_workers``) see it too. Without a transform, images are letterboxed as at evaluation.
     """
 
     def __init__(
@@ -108,7 +110,7 @@ class CocoKeypoints(Dataset[Sample | None]):
         self.preprocess = preprocess
         self.transform = transform
         self.seed = seed
-        self.epoch = 0
+        self._epoch = multiprocessing.RawValue("q", 0)
         self.skipped = SkipReport()
         self.entries: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
         for image_id in sorted(coco.getImgIds()):
@@ -132,8 +134,12 @@ class CocoKeypoints(Dataset[Sample | None]):
     def __len__(self) -> int:
         return len(self.entries)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.value = epoch
 
     def __getitem__(self, index: int) -> Sample | None:
         info, annotations = self.entries[index]
