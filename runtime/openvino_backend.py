@@ -9,6 +9,7 @@ OpenVINO model is loaded, so ONNX Runtime users need no OpenVINO.
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,20 @@ DEVICE = "CPU"
 
 
 def openvino_core() -> Any:
-    """An ``openvino.Core``; without the package, the one-line error naming the extra that brings it."""
+    """The process's one ``openvino.Core``; without the package, the one-line error naming the extra that brings it."""
     try:
         import openvino
     except ModuleNotFoundError as error:
         raise (missing_extra(error, "the openvino backend", ["openvino"]) or error) from None
+    return _shared_core(openvino)
+
+
+@functools.cache
+def _shared_core(openvino: Any) -> Any:
+    """One Core, as OpenVINO recommends, and not only to share its plugins: each Core's CPU plugin swaps in a
+    signal stack of its own and puts the previous one back when it goes, so two released out of order (two
+    cameras' estimators) left a freed one in place, and the next Python-handled signal (Ctrl-C) crashed the
+    process (OpenVINO 2026.4)."""
     return openvino.Core()
 
 

@@ -180,6 +180,27 @@ def test_the_openvino_backend_imports_no_torch(runtime_models, coco):
     assert result.stdout.splitlines()[-1] == "ok 6"
 
 
+def test_estimators_released_out_of_order_leave_ctrl_c_working(runtime_models):
+    """Two cameras' estimators, the first closed first, then Ctrl-C: a clean KeyboardInterrupt, not a crash."""
+    script = textwrap.dedent(
+        f"""
+        import signal
+        from poet.runtime import PoseEstimator
+
+        first = PoseEstimator({str(runtime_models["float"])!r}, "openvino")
+        second = PoseEstimator({str(runtime_models["float"])!r}, "openvino")
+        del first, second
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            print("interrupted")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
+    assert result.stdout.splitlines()[-1] == "interrupted"
+
+
 def test_poet_bench_runs_the_openvino_variants_beside_onnx_runtime(tiny_checkpoint, coco, tmp_path, monkeypatch):
     """Same file, same AP: OpenVINO fp32 scores ONNX Runtime's AP; bf16 stays within a point; a missing OpenVINO
     is a skipped row with the reason, not a failed run."""
