@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,23 @@ def test_loader_workers_kept_across_epochs_augment_each_epoch_anew(coco, tmp_pat
             assert torch.equal(batch.images, wanted.images)
         loaded.append({int(t["image_id"]): t["keypoints"] for b in batches for t in b.targets})
     assert any(not torch.equal(loaded[0][i], loaded[1][i]) for i in loaded[0].keys() & loaded[1].keys())
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
+def test_step_stages_split_the_epoch_time(coco, tmp_path, device):
+    """Every stage of a step is timed (on CUDA by stream events, without a synchronize a stage) and the
+    stages add up to no more than the epoch took."""
+    trainer = Trainer(tiny_training(coco, tmp_path, device=device, max_steps_per_epoch=2))
+    started = time.perf_counter()
+    stats = trainer.train_one_epoch(0)
+    elapsed = time.perf_counter() - started
+    assert stats.steps == 2
+    assert set(stats.seconds) == {"data", "forward", "matching_and_loss", "backward_and_step"}
+    assert all(seconds > 0 for seconds in stats.seconds.values())
+    assert 0.5 * elapsed < sum(stats.seconds.values()) <= elapsed
 
 
 def test_batch_without_padding_has_no_mask_and_the_same_outputs(coco):

@@ -18,7 +18,7 @@ import os
 import random
 import shutil
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,17 +198,51 @@ class EpochStats:
         return {k: v / max(1, self.steps) for k, v in self.sums.items()}
 
 
-class _Timer:
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.last = time.perf_counter()
+class StageTimer:
+    """Seconds by stage of the training steps (data, forward, matching and loss, backward and step).
 
-    def lap(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        elapsed, self.last = now - self.last, now
-        return elapsed
+    On CUDA a stage ends at an event recorded in the device's stream, so the stages split the GPU's timeline
+    (``data`` is the time the GPU waited for a batch and copied it) and timing them costs no host
+    synchronize: one at each stage's end would stall the queue of kernels four times a step. Events are
+    read once they have passed, or all at once by :meth:`seconds`.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        self.totals: dict[str, float] = defaultdict(float)
+        self.pending: deque[tuple[str, Any, Any]] = deque()
+        self.last = self._mark()
+
+    def _mark(self) -> Any:
+        if self.stream is None:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(self.stream)
+        return event
+
+    def _fold(self, wait: bool) -> None:
+        while self.pending:
+            stage, start, end = self.pending[0]
+            if self.stream is None:
+                self.totals[stage] += end - start
+            elif wait or end.query():
+                end.synchronize()  # returns at once for an event already passed
+                self.totals[stage] += start.elapsed_time(end) / 1000
+            else:
+                return
+            self.pending.popleft()
+
+    def lap(self, stage: str) -> None:
+        """End ``stage`` now and start the next."""
+        now = self._mark()
+        self.pending.append((stage, self.last, now))
+        self.last = now
+        self._fold(wait=False)
+
+    def seconds(self) -> dict[str, float]:
+        """Totals by stage so far; on CUDA this waits for the stream to reach the last stage's end."""
+        self._fold(wait=True)
+        return dict(self.totals)
 
 
 class Trainer:
@@ -368,12 +402,12 @@ class Trainer:
             unit="step",
             disable=not (self.config.progress and self.dist.is_main),
         )
-        timer = _Timer(self.device)
+        timer = StageTimer(self.device)
         for step, batch in enumerate(self.loader):
             if step >= steps:
                 break
             batch = batch.to(self.device, self.memory_format)
-            stats.seconds["data"] += timer.lap()
+            timer.lap("data")
             total = self._step(batch, stats, timer)
             stats.steps += 1
             stats.images += len(batch.targets) * self.dist.world_size
@@ -382,12 +416,13 @@ class Trainer:
             bar.set_postfix(loss=f"{total:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
             bar.update()
         bar.close()
+        stats.seconds = timer.seconds()
         return stats
 
-    def _step(self, batch: Batch, stats: EpochStats, timer: _Timer) -> float:
+    def _step(self, batch: Batch, stats: EpochStats, timer: StageTimer) -> float:
         with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype is not None):
             outputs = self.ddp_model(batch.images, batch.mask)
-        stats.seconds["forward"] += timer.lap()
+        timer.lap("forward")
         outputs = _to_float32(outputs)
         losses = self.criterion(outputs, batch.targets)
         total = self.criterion.weighted_total(losses)
@@ -396,8 +431,9 @@ class Trainer:
             dense = self.encoder_loss(outputs["encoder_predictions"], outputs["encoder_size"], canvas, batch.targets)
             total = total + self.encoder_loss.weighted_total(dense)
             losses.update(dense)
-        stats.seconds["matching_and_loss"] += timer.lap()
-        # The final layer's terms and the total, copied to the host in one transfer (one sync on a GPU).
+        timer.lap("matching_and_loss")
+        # The final layer's terms and the total, copied to the host in one transfer: on a GPU this and the
+        # matcher's cost matrix are the step's only host synchronizes.
         names = [name for name in losses if not name[-1].isdigit()]
         logged = torch.stack([total.detach(), *(losses[name].detach() for name in names)]).tolist()
         value, terms = logged[0], dict(zip(names, logged[1:], strict=True))
@@ -411,7 +447,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.trained.parameters(), self.config.clip_max_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        stats.seconds["backward_and_step"] += timer.lap()
+        timer.lap("backward_and_step")
         stats.sums["loss"] += value
         for name, term in terms.items():
             stats.sums[name] += term
