@@ -432,8 +432,8 @@ class Trainer:
             total = total + self.encoder_loss.weighted_total(dense)
             losses.update(dense)
         timer.lap("matching_and_loss")
-        # The final layer's terms and the total, copied to the host in one transfer: on a GPU this and the
-        # matcher's cost matrix are the step's only host synchronizes.
+        # The final layer's terms and the total, copied to the host in one transfer (on a GPU the queue is short
+        # here: the matcher has just waited for the forward pass).
         names = [name for name in losses if not name[-1].isdigit()]
         logged = torch.stack([total.detach(), *(losses[name].detach() for name in names)]).tolist()
         value, terms = logged[0], dict(zip(names, logged[1:], strict=True))
