@@ -91,6 +91,28 @@ def test_a_token_covering_two_people_belongs_to_the_nearer_centre():
     assert wrong_owner["loss_enc_kpts"] > 1e-2 and wrong_owner["loss_enc_obj"] < 1e-4
 
 
+def test_a_batch_is_its_images_losses_combined():
+    """Images of other sizes, and one without people, in one batch: objectness is the mean of the images',
+    the keypoint terms the mean over every covering token of the batch (8 in the first image, 12 in the
+    second, none in the third)."""
+    canvas = (128, 128)
+    narrow = _target(_person((20, 10, 90, 120)), (128, 96))
+    two = _target(np.concatenate([_person((5, 5, 70, 70)), _person((40, 40, 125, 125))]), canvas)
+    nobody = _target(np.zeros((0, 17, 3), dtype=np.float32), canvas)
+    covering = torch.tensor([8.0, 12.0, 0.0])
+    torch.manual_seed(0)
+    raw = torch.randn(3, GRID[0] * GRID[1], 37)
+    loss = EncoderKeypointLoss()
+    batch = loss(raw, GRID, canvas, [narrow, two, nobody])
+    alone = [loss(raw[i : i + 1], GRID, canvas, [target]) for i, target in enumerate((narrow, two, nobody))]
+    expected_obj = torch.stack([terms["loss_enc_obj"] for terms in alone]).mean()
+    torch.testing.assert_close(batch["loss_enc_obj"], expected_obj)
+    for name in ("loss_enc_kpts", "loss_enc_ctrs", "loss_enc_deltas"):
+        per_image = torch.stack([terms[name] for terms in alone])
+        assert per_image[2] == 0 and per_image[:2].min() > 0
+        torch.testing.assert_close(batch[name], (per_image * covering).sum() / covering.sum())
+
+
 def test_the_head_learns_and_poet_stays_the_authors_model(coco_batch):
     torch.manual_seed(0)
     batch = coco_batch

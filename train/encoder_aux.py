@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from poet.keypoints import PeopleKeypoints
 from poet.skeleton import NUM_KEYPOINTS
-from poet.train.matcher import Targets, split_target_keypoints, target_keypoints, target_masks
+from poet.train.matcher import Targets, people_per_image, split_target_keypoints, target_keypoints, target_masks
 
 # Per token: objectness logit, centre shift (in cells), 17 encoded (x, y) offsets before the sigmoid.
 _OUTPUTS = 1 + 2 + 2 * NUM_KEYPOINTS
@@ -47,23 +47,31 @@ class EncoderKeypointHead(nn.Module):
 
 
 def _token_owners(
-    people: PeopleKeypoints, labelled: Tensor, cells: Tensor, valid_tokens: Tensor
+    people: PeopleKeypoints, labelled: Tensor, cells: Tensor, valid_tokens: Tensor, image_of_person: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Which tokens cover a person, and whose: ([T] bool, [T] person index) for one image."""
+    """Which tokens cover a person, and whose: ([B, T] bool, [B, T] index into the batch's people).
+
+    ``cells`` [B, T, 2] and ``valid_tokens`` [B, T] per image; the batch's people [P] in one tensor, each
+    compared with its own image's cells: no per-image loop, so no host synchronize on a GPU.
+    """
+    batch, tokens = valid_tokens.shape
     if len(people.centres) == 0:
-        empty = torch.zeros(len(cells), dtype=torch.bool, device=cells.device)
-        return empty, torch.zeros(len(cells), dtype=torch.long, device=cells.device)
+        empty = torch.zeros(batch, tokens, dtype=torch.bool, device=cells.device)
+        return empty, torch.zeros(batch, tokens, dtype=torch.long, device=cells.device)
+    person_cells = cells[image_of_person]  # [P, T, 2]
     absolute = people.absolute()  # [P, 17, 2]
     keep = labelled.unsqueeze(-1)
     low = torch.where(keep, absolute, torch.full_like(absolute, torch.inf)).amin(dim=1)  # [P, 2]
     high = torch.where(keep, absolute, torch.full_like(absolute, -torch.inf)).amax(dim=1)
-    inside = ((cells.unsqueeze(0) >= low.unsqueeze(1)) & (cells.unsqueeze(0) <= high.unsqueeze(1))).all(-1)
-    distance = (cells.unsqueeze(0) - people.centres.unsqueeze(1)).square().sum(-1)  # [P, T]
+    inside = ((person_cells >= low.unsqueeze(1)) & (person_cells <= high.unsqueeze(1))).all(-1)  # [P, T]
+    distance = (person_cells - people.centres.unsqueeze(1)).square().sum(-1)  # [P, T]
     people_index = torch.arange(len(distance), device=cells.device)
     inside[people_index, distance.argmin(dim=1)] = True
-    inside &= labelled.any(dim=1, keepdim=True) & valid_tokens.unsqueeze(0)
-    distance = torch.where(inside, distance, torch.full_like(distance, torch.inf))
-    return inside.any(dim=0), distance.argmin(dim=0)
+    inside &= labelled.any(dim=1, keepdim=True) & valid_tokens[image_of_person]
+    # Each image's tokens against that image's people only: [B, P, T], infinite for the others.
+    per_image = torch.full((batch, *distance.shape), torch.inf, dtype=distance.dtype, device=cells.device)
+    per_image[image_of_person, people_index] = torch.where(inside, distance, torch.inf)
+    return per_image.amin(dim=1).isfinite(), per_image.argmin(dim=1)
 
 
 class EncoderKeypointLoss(nn.Module):
@@ -97,34 +105,36 @@ class EncoderKeypointLoss(nn.Module):
         grid = torch.stack(((cols.flatten() + 0.5) / width, (rows.flatten() + 0.5) / height), dim=-1)  # [T, 2]
         canvas_xy = torch.tensor((canvas[1], canvas[0]), device=device, dtype=grid.dtype)
         tokens_xy = torch.tensor((width, height), device=device, dtype=grid.dtype)
-        objectness, kpts, ctrs, deltas = [], [], [], []
-        covering = 0
-        for raw, target in zip(predictions, targets, strict=True):
-            # Cell centres and sizes as fractions of this image's unpadded size (the targets' frame).
-            image_xy = target["size"].to(device=device, dtype=grid.dtype).flip(0)
-            cells = grid * canvas_xy / image_xy
-            valid_tokens = (cells <= 1).all(dim=-1)
-            rows_54 = target_keypoints(target)
-            people = split_target_keypoints(rows_54)
-            labelled = target_masks(rows_54).keypoints
-            covered, owner = _token_owners(people, labelled, cells, valid_tokens)
-            objectness.append(
-                F.binary_cross_entropy_with_logits(raw[valid_tokens, 0], covered[valid_tokens].to(raw.dtype))
-            )
-            if not covered.any():
-                continue
-            owner, raw = owner[covered], raw[covered]
-            covering += len(raw)
-            centres = cells[covered] + raw[:, 1:3] * canvas_xy / tokens_xy / image_xy
-            offsets = raw[:, 3:].reshape(-1, NUM_KEYPOINTS, 2).sigmoid()
-            predicted = PeopleKeypoints(centres, offsets, offsets[..., 0])  # visibilities unused here
-            mask = labelled[owner].unsqueeze(-1).to(raw.dtype)
-            kpts.append(((predicted.absolute() - people.absolute()[owner]).abs() * mask).sum())
-            deltas.append(((offsets - people.offsets[owner]).abs() * mask).sum())
-            ctrs.append((centres - people.centres[owner]).square().sum())
-        losses = {"loss_enc_obj": torch.stack(objectness).mean()}
-        for name, values in (("loss_enc_kpts", kpts), ("loss_enc_ctrs", ctrs), ("loss_enc_deltas", deltas)):
-            losses[name] = (torch.stack(values).sum() if values else predictions.sum() * 0) / max(covering, 1)
+        # Cell centres and sizes as fractions of each image's unpadded size (the targets' frame).
+        image_xy = torch.stack([target["size"] for target in targets]).to(device=device, dtype=grid.dtype).flip(-1)
+        image_xy = image_xy.unsqueeze(1)  # [B, 1, 2]
+        cells = grid * canvas_xy / image_xy  # [B, T, 2]
+        valid_tokens = (cells <= 1).all(dim=-1)
+        rows_54 = torch.cat([target_keypoints(target) for target in targets]).to(device)
+        counts = people_per_image(targets)
+        image_of_person = torch.tensor(
+            [b for b, n in enumerate(counts) for _ in range(n)], dtype=torch.long, device=device
+        )
+        people = split_target_keypoints(rows_54)
+        labelled = target_masks(rows_54).keypoints
+        covered, owner = _token_owners(people, labelled, cells, valid_tokens, image_of_person)
+        logits = predictions[..., 0]
+        per_token = F.binary_cross_entropy_with_logits(logits, covered.to(logits.dtype), reduction="none")
+        per_image = torch.where(valid_tokens, per_token, 0).sum(1) / valid_tokens.sum(1)
+        losses = {"loss_enc_obj": per_image.mean()}
+        names = ("loss_enc_kpts", "loss_enc_ctrs", "loss_enc_deltas")
+        if sum(counts) == 0:
+            losses.update(dict.fromkeys(names, predictions.sum() * 0))
+            return losses
+        centres = cells + predictions[..., 1:3] * canvas_xy / tokens_xy / image_xy
+        offsets = predictions[..., 3:].reshape(*predictions.shape[:2], NUM_KEYPOINTS, 2).sigmoid()
+        predicted = PeopleKeypoints(centres, offsets, offsets[..., 0])  # visibilities unused here
+        mask = (labelled[owner] & covered.unsqueeze(-1)).unsqueeze(-1)  # [B, T, 17, 1]
+        covering = covered.sum().clamp(min=1)
+        kpts = torch.where(mask, (predicted.absolute() - people.absolute()[owner]).abs(), 0).sum()
+        deltas = torch.where(mask, (offsets - people.offsets[owner]).abs(), 0).sum()
+        ctrs = torch.where(covered.unsqueeze(-1), (centres - people.centres[owner]).square(), 0).sum()
+        losses.update(zip(names, (kpts / covering, ctrs / covering, deltas / covering), strict=True))
         return losses
 
     def weighted_total(self, losses: Mapping[str, Tensor]) -> Tensor:
