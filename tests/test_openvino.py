@@ -187,6 +187,7 @@ def test_estimators_released_out_of_order_leave_ctrl_c_working(runtime_models):
         import signal
         from poet.runtime import PoseEstimator
 
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, even if the parent ignores Ctrl-C
         first = PoseEstimator({str(runtime_models["float"])!r}, "openvino")
         second = PoseEstimator({str(runtime_models["float"])!r}, "openvino")
         del first, second
