@@ -191,7 +191,7 @@ class EpochStats:
     steps: int = 0
     images: int = 0
     skipped: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    seconds: dict[str, float] = field(default_factory=dict)  # by stage, from the epoch's StageTimer
     step_losses: list[float] = field(default_factory=list)
 
     def means(self) -> dict[str, float]:
