@@ -225,11 +225,12 @@ class StageTimer:
             stage, start, end = self.pending[0]
             if self.stream is None:
                 self.totals[stage] += end - start
-            elif wait or end.query():
-                end.synchronize()  # returns at once for an event already passed
-                self.totals[stage] += start.elapsed_time(end) / 1000
             else:
-                return
+                if not end.query():  # a query never waits; synchronize only where the caller asked to wait
+                    if not wait:
+                        return
+                    end.synchronize()
+                self.totals[stage] += start.elapsed_time(end) / 1000
             self.pending.popleft()
 
     def lap(self, stage: str) -> None:

@@ -144,6 +144,7 @@ def training_rows(backbone: str, size: int, batch: int, steps: int) -> list[Row]
                 "images_per_s": round(result["images_per_second"], 1),
                 "autocast": result["precision"],
                 "vs_fp32": round(result["ratio"], 2),
+                "host_syncs_per_step": round(result["host_syncs_per_step"], 1),
                 **shares,
                 "status": "ok",
             }

@@ -4,7 +4,8 @@ Every setting gets its own trainer (same seed, same weights, same synthetic peop
 ``poet-train`` loop; after one warm-up step each, rounds of ``--steps`` steps run setting after setting,
 so a CPU whose speed drifts over minutes slows them all alike. Prints each setting's median images/s,
 its median ratio to float32 over the rounds, and where its step time goes (data, forward, Hungarian
-matching plus loss, backward plus optimizer step).
+matching plus loss, backward plus optimizer step). On CUDA it also counts the host's waits for the GPU per
+step, in one more epoch under torch's sync debug mode.
 
 Run: ``python benchmarks/scripts/train_throughput.py [--settings fp32 amp+channels-last] [--device cuda]``.
 """
@@ -15,6 +16,7 @@ import argparse
 import statistics
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +72,19 @@ def run_steps(trainer: Trainer, steps: int, epoch: int) -> tuple[float, dict[str
     return stats.images / (time.perf_counter() - started), dict(stats.seconds)
 
 
+def host_syncs_per_step(trainer: Trainer, steps: int, epoch: int) -> float:
+    """Synchronizing CUDA calls per step (``.item()``, a copy to the host, ...), as torch's sync debug mode
+    reports them, over one epoch of ``steps`` steps; the epoch's own bookkeeping is included."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run_steps(trainer, steps, epoch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("called a synchronizing" in str(warning.message) for warning in caught) / steps
+
+
 def measure(
     settings: Sequence[str],
     rounds: int,
@@ -80,7 +95,8 @@ def measure(
     backbone: str,
     work_dir: Path,
 ) -> dict[str, dict[str, Any]]:
-    """Per setting: median images/s, median ratio to the first setting per round, autocast dtype, stage shares."""
+    """Per setting: median images/s, median ratio to the first setting per round, autocast dtype, stage shares
+    and, on CUDA, host syncs per step."""
     data = work_dir / "data"
     generate_dataset(
         data, (steps + 1) * batch_size, split="train2017", image_size=(input_size, input_size), progress=False
@@ -108,6 +124,8 @@ def measure(
             "precision": trainers[name].precision.name,
             "shares": {stage: value / total for stage, value in seconds[name].items()},
         }
+        if trainers[name].device.type == "cuda":
+            results[name]["host_syncs_per_step"] = host_syncs_per_step(trainers[name], steps, rounds + 1)
     return results
 
 
@@ -148,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, row in results.items():
         shares = " | ".join(f"{100 * row['shares'].get(stage, 0.0):.0f}%" for stage in STAGES)
         print(f"| {name} | {row['precision']} | {row['images_per_second']:.2f} | {row['ratio']:.2f}x | {shares} |")
+    for name, row in results.items():
+        if "host_syncs_per_step" in row:
+            print(f"{name}: {row['host_syncs_per_step']:.1f} host syncs per step")
 
 
 if __name__ == "__main__":
