@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -145,8 +146,8 @@ class FixedMatcher(HungarianMatcher):
         super().__init__()
         self.indices = indices
 
-    def forward(self, outputs: ModelOutputs, targets: Targets) -> MatchIndices:
-        return self.indices
+    def match_layers(self, layers: Sequence[ModelOutputs], targets: Targets) -> list[MatchIndices]:
+        return [self.indices for _ in layers]
 
 
 @pytest.fixture
@@ -441,3 +442,39 @@ def test_runs_on_the_outputs_device(generator: torch.Generator) -> None:
     for name, value in cpu_losses.items():
         assert cuda_losses[name].device.type == "cuda"
         assert cuda_losses[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+
+
+def test_match_layers_equals_matching_each_layer(generator: torch.Generator) -> None:
+    layers = [random_batch(generator, batch=3, queries=7, people=2)[0] for _ in range(4)]
+    _, targets = random_batch(generator, batch=3, queries=7, people=2)
+    matcher = HungarianMatcher()
+    together = matcher.match_layers(layers, targets)
+    assert len(together) == len(layers)
+    for layer, matches in zip(layers, together, strict=True):
+        for (queries, people), (alone_queries, alone_people) in zip(matches, matcher(layer, targets), strict=True):
+            assert torch.equal(queries, alone_queries) and torch.equal(people, alone_people)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_six_layers_wait_for_the_gpu_once(generator: torch.Generator) -> None:
+    """Only the matcher's one copy of all layers' costs synchronizes; indices and counts are queued copies."""
+    cuda = torch.device("cuda")
+    outputs, targets = random_batch(generator, batch=4, queries=8, people=3)
+    aux = [random_batch(generator, batch=4, queries=8, people=3)[0] for _ in range(5)]
+    cuda_outputs = {
+        **{name: value.to(cuda) for name, value in outputs.items()},
+        "aux_outputs": [{name: value.to(cuda) for name, value in layer.items()} for layer in aux],
+    }
+    cuda_targets = [{name: value.to(cuda) for name, value in target.items()} for target in targets]
+    criterion = SetCriterion().to(cuda)
+    criterion(cuda_outputs, cuda_targets)  # warm-up: the first call allocates
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            criterion.weighted_total(criterion(cuda_outputs, cuda_targets))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(warning.message) for warning in caught if "called a synchronizing" in str(warning.message)]
+    assert len(syncs) == 1, syncs

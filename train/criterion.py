@@ -15,12 +15,16 @@ Decisions on the authors' quirks:
     ``poet.train.matcher``), both branches agree per pair, so each pair is masked on its own: a target with centre
     visibility 0 contributes no position terms, and its visibility term is zero on both sides.
   * #17 FIXED: nothing is pinned to CUDA; the people count is reduced on the device of the outputs.
+
+On a GPU a step waits for the device once here, for the matcher's costs of all layers together: the indices
+and people counts go the other way as queued copies (``to_device_async``), as the host already knows them.
   * ``class_error`` is 100 when the batch has no matched query, as in DETR's accuracy helper.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from itertools import accumulate
 from typing import NamedTuple
 
 import torch
@@ -39,6 +43,7 @@ from poet.train.matcher import (
     split_target_keypoints,
     target_keypoints,
     target_masks,
+    to_device_async,
 )
 
 
@@ -51,16 +56,32 @@ class _MatchedPairs(NamedTuple):
     keypoints: Tensor
 
     @classmethod
-    def gather(cls, indices: MatchIndices, targets: Targets, device: torch.device) -> _MatchedPairs:
-        """Flatten the matcher's per-image indices, moving everything to ``device``."""
-        image_idx, query_idx, labels, keypoints = [], [], [], []
-        for image, ((queries, people), target) in enumerate(zip(indices, targets, strict=True)):
-            image_idx.append(torch.full_like(queries, image))
-            query_idx.append(queries)
-            labels.append(target["labels"].reshape(-1)[people])
-            keypoints.append(target_keypoints(target)[people])
-        tensors = (torch.cat(image_idx), torch.cat(query_idx), torch.cat(labels), torch.cat(keypoints))
-        return cls(*(tensor.to(device) for tensor in tensors))
+    def gather_layers(
+        cls, matches: Sequence[MatchIndices], targets: Targets, device: torch.device
+    ) -> list[_MatchedPairs]:
+        """Each layer's per-image matches flattened; the indices of all layers go to ``device`` in one copy.
+
+        Targets are then picked on the device by their row in the batch: no index tensor per image or per
+        layer crosses to the GPU, and the copy does not make the host wait.
+        """
+        first_row = torch.tensor([0, *accumulate(people_per_image(targets))])
+        per_layer = [
+            torch.cat(
+                [
+                    torch.stack((torch.full_like(queries, image), queries, first_row[image] + people))
+                    for image, (queries, people) in enumerate(indices)
+                ],
+                dim=1,
+            )
+            for indices in matches
+        ]
+        on_device = to_device_async(torch.cat(per_layer, dim=1), device)
+        labels = torch.cat([target["labels"].reshape(-1) for target in targets]).to(device)
+        keypoints = torch.cat([target_keypoints(target) for target in targets]).to(device)
+        return [
+            cls(image_idx, query_idx, labels[rows], keypoints[rows])
+            for image_idx, query_idx, rows in on_device.split([part.shape[1] for part in per_layer], dim=1)
+        ]
 
 
 class SetCriterion(nn.Module):
@@ -100,10 +121,16 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: ModelOutputs, targets: Targets) -> dict[str, Tensor]:
         """Unweighted terms of the final layer and, suffixed ``_i``, of each aux layer (matcher re-run)."""
-        num_people = self._num_people(targets, outputs["pred_logits"].device)
-        losses = self._layer_losses(outputs, targets, num_people, suffix="")
-        for layer, aux_outputs in enumerate(outputs.get("aux_outputs", ())):
-            losses.update(self._layer_losses(aux_outputs, targets, num_people, suffix=f"_{layer}"))
+        layers = [outputs, *outputs.get("aux_outputs", ())]
+        device = outputs["pred_logits"].device
+        counts = people_per_image(targets)
+        num_people = self._num_people(counts, device)
+        target_people = to_device_async(torch.tensor(counts, dtype=torch.float32), device)
+        matched = _MatchedPairs.gather_layers(self.matcher.match_layers(layers, targets), targets, device)
+        losses: dict[str, Tensor] = {}
+        for layer, (layer_outputs, layer_matched) in enumerate(zip(layers, matched, strict=True)):
+            suffix = f"_{layer - 1}" if layer else ""
+            losses.update(self._layer_losses(layer_outputs, layer_matched, num_people, target_people, suffix))
         return losses
 
     def weighted_total(self, losses: Mapping[str, Tensor]) -> Tensor:
@@ -112,20 +139,24 @@ class SetCriterion(nn.Module):
         return torch.stack(weighted).sum()
 
     @staticmethod
-    def _num_people(targets: Targets, device: torch.device) -> Tensor:
+    def _num_people(counts: Sequence[int], device: torch.device) -> Tensor:
         """Targets per process, empty people included, averaged over processes and clamped to >= 1."""
-        count = torch.tensor(float(sum(people_per_image(targets))), device=device)
+        count = to_device_async(torch.tensor(float(sum(counts))), device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(count)
             count = count / dist.get_world_size()
         return count.clamp(min=1)
 
     def _layer_losses(
-        self, layer_outputs: ModelOutputs, targets: Targets, num_people: Tensor, suffix: str
+        self,
+        layer_outputs: ModelOutputs,
+        matched: _MatchedPairs,
+        num_people: Tensor,
+        target_people: Tensor,
+        suffix: str,
     ) -> dict[str, Tensor]:
         """All terms of one decoder layer; ``class_error`` only for the final layer (empty suffix)."""
         logits = layer_outputs["pred_logits"]
-        matched = _MatchedPairs.gather(self.matcher(layer_outputs, targets), targets, logits.device)
 
         positions = (matched.image_idx, matched.query_idx)
         target_classes = torch.full_like(logits[..., 0], NO_OBJECT_CLASS, dtype=torch.int64)
@@ -149,7 +180,7 @@ class SetCriterion(nn.Module):
         losses[f"loss_deltas{suffix}"] = (deltas_l1 * masks.keypoints).sum() / num_people
         losses[f"loss_kpts_class{suffix}"] = (visibility_sq * masks.has_centre).sum() / num_people
 
-        losses[f"cardinality_error{suffix}"] = self._cardinality_error(logits, targets)
+        losses[f"cardinality_error{suffix}"] = self._cardinality_error(logits, target_people)
         return losses
 
     @staticmethod
@@ -163,8 +194,7 @@ class SetCriterion(nn.Module):
 
     @staticmethod
     @torch.no_grad()
-    def _cardinality_error(logits: Tensor, targets: Targets) -> Tensor:
+    def _cardinality_error(logits: Tensor, target_people: Tensor) -> Tensor:
         """Mean over images of |#queries not predicting no-object - #targets|; logging only."""
         predicted_people = (logits.argmax(-1) != NO_OBJECT_CLASS).sum(1).float()
-        target_people = torch.tensor(people_per_image(targets), dtype=torch.float32, device=logits.device)
         return F.l1_loss(predicted_people, target_people)

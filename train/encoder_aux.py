@@ -22,7 +22,14 @@ from torch import Tensor, nn
 
 from poet.keypoints import PeopleKeypoints
 from poet.skeleton import NUM_KEYPOINTS
-from poet.train.matcher import Targets, people_per_image, split_target_keypoints, target_keypoints, target_masks
+from poet.train.matcher import (
+    Targets,
+    people_per_image,
+    split_target_keypoints,
+    target_keypoints,
+    target_masks,
+    to_device_async,
+)
 
 # Per token: objectness logit, centre shift (in cells), 17 encoded (x, y) offsets before the sigmoid.
 _OUTPUTS = 1 + 2 + 2 * NUM_KEYPOINTS
@@ -103,8 +110,8 @@ class EncoderKeypointLoss(nn.Module):
             torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
         )
         grid = torch.stack(((cols.flatten() + 0.5) / width, (rows.flatten() + 0.5) / height), dim=-1)  # [T, 2]
-        canvas_xy = torch.tensor((canvas[1], canvas[0]), device=device, dtype=grid.dtype)
-        tokens_xy = torch.tensor((width, height), device=device, dtype=grid.dtype)
+        canvas_xy = to_device_async(torch.tensor((canvas[1], canvas[0]), dtype=grid.dtype), device)
+        tokens_xy = to_device_async(torch.tensor((width, height), dtype=grid.dtype), device)
         # Cell centres and sizes as fractions of each image's unpadded size (the targets' frame).
         image_xy = torch.stack([target["size"] for target in targets]).to(device=device, dtype=grid.dtype).flip(-1)
         image_xy = image_xy.unsqueeze(1)  # [B, 1, 2]
@@ -112,9 +119,7 @@ class EncoderKeypointLoss(nn.Module):
         valid_tokens = (cells <= 1).all(dim=-1)
         rows_54 = torch.cat([target_keypoints(target) for target in targets]).to(device)
         counts = people_per_image(targets)
-        image_of_person = torch.tensor(
-            [b for b, n in enumerate(counts) for _ in range(n)], dtype=torch.long, device=device
-        )
+        image_of_person = to_device_async(torch.repeat_interleave(torch.tensor(counts)), device)
         people = split_target_keypoints(rows_54)
         labelled = target_masks(rows_54).keypoints
         covered, owner = _token_owners(people, labelled, cells, valid_tokens, image_of_person)
