@@ -15,10 +15,10 @@ Decisions on the authors' quirks:
     ``poet.train.matcher``), both branches agree per pair, so each pair is masked on its own: a target with centre
     visibility 0 contributes no position terms, and its visibility term is zero on both sides.
   * #17 FIXED: nothing is pinned to CUDA; the people count is reduced on the device of the outputs.
+  * ``class_error`` is 100 when the batch has no matched query, as in DETR's accuracy helper.
 
 On a GPU a step waits for the device once here, for the matcher's costs of all layers together: the indices
 and people counts go the other way as queued copies (``to_device_async``), as the host already knows them.
-  * ``class_error`` is 100 when the batch has no matched query, as in DETR's accuracy helper.
 """
 
 from __future__ import annotations
