@@ -5,9 +5,10 @@ timed is what ``poet-run`` runs. This machine's speed drifts 2-3x over minutes, 
 round-robin (a few inferences of each per round, many rounds) on one letterboxed photograph and compared as
 ratios of medians to the first model. Then every model runs on each ``--images`` photograph and is compared
 with the first model of the same file precision: the largest keypoint difference over all queries (in pixels
-of the model's input) and the person count at ``--score-threshold``.
+of the model's input) and the person count at ``--score-threshold``. ``--images`` is a folder of photographs
+of people, e.g. COCO val2017:
 
-    python benchmarks/scripts/cpu_engines.py --images ../shared/data/coco-mini/val2017 \\
+    python benchmarks/scripts/cpu_engines.py --images coco/val2017 \\
         --model ort-fp32=r50.onnx@onnxruntime --model ort-int8=r50.int8-cpu.onnx@onnxruntime \\
         --model ov-fp32=r50.onnx@openvino:fp32 --model ov-bf16=r50.onnx@openvino:bf16 \\
         --model ov-int8=r50.int8-cpu.onnx@openvino:fp32
