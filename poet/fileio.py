@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -19,6 +20,9 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 
+
+# Free space below this after a write that came back short reads as a full disk.
+_FULL_DISK_BYTES = 1 << 20
 
 # Temporary files are named ``.<target name>.poet-tmp-<pid>-<random>.tmp<suffix>``: hidden, next to the file they
 # become, and carrying the writer's process id so a later write can tell a killed run's leftovers from a live one's.
@@ -57,13 +61,14 @@ _SWEPT: set[str] = set()
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, keep_empty: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temp file lives in the same folder so the final ``os.replace`` is atomic on POSIX, and an
     interrupted or failed write leaves any previous file at ``path`` untouched. Leftovers of killed earlier
     writers in the folder are removed first (once per folder and process). An OSError while writing (a full
     disk, a read-only folder) becomes an :class:`OutputError` naming ``path``, not the temporary file.
+    ``keep_empty=False``: a temporary file still empty at the end (a video that got no frame) replaces nothing.
     """
     target = Path(path)
     try:
@@ -88,12 +93,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             raise OutputError(f"cannot write {target}: {error.strerror or error}") from None
         try:
             with open(tmp, "rb") as handle:
+                if not keep_empty and os.fstat(handle.fileno()).st_size == 0:
+                    return
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
         except OSError as error:
             raise OutputError(f"cannot write {target}: {error.strerror or error}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_failed(target: Path, folder: Path, problem: str) -> OutputError:
+    """The error for a write whose library reports no errno (OpenCV's video writer, torch.save's stream writer).
+
+    Names ``target`` and what went wrong; a full disk (``folder``'s, seen while the temporary file still holds
+    its space) is said first, being the likeliest cause, and whether an earlier file at ``target`` survives.
+    """
+    if shutil.disk_usage(folder).free < _FULL_DISK_BYTES:
+        problem = f"no space left on device: {problem}"
+    kept = "the earlier file is kept" if target.exists() else "nothing was written"
+    return OutputError(f"cannot write {target}: {problem}; {kept}")
 
 
 def write_json(path: str | Path, data: Any, indent: int | None = None) -> None:

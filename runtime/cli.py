@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from poet.runtime.backends import BACKENDS, INFERENCE_PRECISIONS
 from poet.runtime.estimator import PoseEstimator
 from poet.runtime.sources import DEFAULT_READ_TIMEOUT, Frame, FrameSource, SourceError, live_kind
 from poet.runtime.tracking import LOW_THRESHOLD, PoseTracker
+from poet.video import VIDEO_HINT, VideoFile, can_write_video, open_video
 
 logger = logging.getLogger("poet")
 
@@ -90,10 +90,6 @@ class RunStats:
 
 # ---------------------------------------------------------------- output preflight
 
-VIDEO_HINT = "use a .mp4 or .avi file name"
-# What --save-video writes: MJPG in .avi, MPEG-4 part 2 in the others (file types FFmpeg takes it in).
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
-
 
 @dataclass(frozen=True)
 class OutputPlan:
@@ -114,10 +110,6 @@ class OutputPlan:
         return self.images.get(frame.index) or self.save_images / f"{frame.name}.jpg"
 
 
-def video_fourcc(path: Path) -> int:
-    return cv2.VideoWriter.fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
-
-
 def _entry(path: Path) -> str:
     """The directory entry a write to ``path`` replaces: its real folder and its own name.
 
@@ -135,14 +127,7 @@ def _checked_file(path: Path, option: str) -> None:
 
 
 def _check_video(path: Path) -> None:
-    """Whether this OpenCV writes videos of ``path``'s type, tried on a scratch file elsewhere."""
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise OutputError(f"--save-video: cannot write a video to {path} ({VIDEO_HINT})")
-    with tempfile.TemporaryDirectory(prefix="poet-run-") as scratch:
-        writer = cv2.VideoWriter(os.path.join(scratch, f"probe{path.suffix}"), video_fourcc(path), 10.0, (64, 48))
-        opened = writer.isOpened()
-        writer.release()
-    if not opened:
+    if not can_write_video(path):
         raise OutputError(f"--save-video: cannot write a video to {path} ({VIDEO_HINT})")
 
 
@@ -310,30 +295,6 @@ def draw_fps(image: np.ndarray, fps: float) -> None:
     cv2.putText(image, text, (4, height + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
-class VideoSink:
-    """An annotated video, opened at the first frame's size; later frames of other sizes are resized to it."""
-
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path = path
-        self.fps = fps
-        self.writer: cv2.VideoWriter | None = None
-        self.size: tuple[int, int] = (0, 0)
-
-    def write(self, image: np.ndarray) -> None:
-        if self.writer is None:
-            self.size = (image.shape[1], image.shape[0])
-            self.writer = cv2.VideoWriter(str(self.path), video_fourcc(self.path), self.fps, self.size)
-            if not self.writer.isOpened():
-                raise PoetError(f"cannot write a video to {self.path} ({VIDEO_HINT})")
-        if (image.shape[1], image.shape[0]) != self.size:
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
-        self.writer.write(image)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-
-
 def open_window(name: str = WINDOW) -> None:
     """Fail before the first frame when this OpenCV cannot show windows (the headless wheel)."""
     try:
@@ -357,15 +318,13 @@ class _Stream:
         self._frames: Iterator[Frame] = iter(source)
         self._outputs = contextlib.ExitStack()
         self._records: IO[str] | None = None
-        self._video: VideoSink | None = None
+        self._video: VideoFile | None = None
 
     def __enter__(self) -> _Stream:
-        """Open the outputs (atomically: they appear when the stream ends, complete)."""
+        """Open the outputs (atomically: they appear when the stream ends, complete and, a video, read back)."""
         outputs = self._outputs
         if self.plan.save_video is not None:
-            path = outputs.enter_context(atomic_path(self.plan.save_video))
-            self._video = VideoSink(path, self.source.fps or DEFAULT_VIDEO_FPS)
-            outputs.callback(self._video.close)
+            self._video = outputs.enter_context(open_video(self.plan.save_video, self.source.fps or DEFAULT_VIDEO_FPS))
         if self.plan.jsonl is not None:
             path = outputs.enter_context(atomic_path(self.plan.jsonl))
             self._records = outputs.enter_context(path.open("w", encoding="utf-8"))

@@ -573,3 +573,69 @@ def test_tracked_people_are_drawn_in_their_identitys_colour():
     colours = {track_colour(i) for i in range(1, 9)}
     assert len(colours) == 8
     assert track_colour(1) in {tuple(int(c) for c in pixel) for pixel in first.reshape(-1, 3)}
+
+
+def _small_video(path, frames=2, size=(64, 48)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 10.0, size)
+    for index in range(frames):
+        writer.write(np.full((size[1], size[0], 3), 40 * index, np.uint8))
+    writer.release()
+    return path.read_bytes()
+
+
+def test_save_video_on_a_full_disk_fails_and_keeps_the_earlier_video(runtime_models, video, small_disk, capsys):
+    disk = small_disk(96)
+    earlier = _small_video(disk / "v.mp4")
+    code = main([str(video), "--model", str(runtime_models["uint8"]), "--save-video", str(disk / "v.mp4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith(f"error: cannot write {disk / 'v.mp4'}: no space left on device")
+    assert "the earlier file is kept" in err[-1]
+    assert (disk / "v.mp4").read_bytes() == earlier
+    assert sorted(p.name for p in disk.iterdir()) == ["v.mp4"]  # no temporary file left
+
+
+_VIDEO_WRITER = cv2.VideoWriter
+
+
+class _FrameDroppingWriter:
+    """cv2.VideoWriter as it behaves on a full disk: frames after the first few are lost without a word."""
+
+    fourcc = staticmethod(_VIDEO_WRITER.fourcc)
+
+    def __init__(self, path, fourcc, fps, size):
+        self.writer = _VIDEO_WRITER(path, fourcc, fps, size)
+        self.frames = 0
+
+    def isOpened(self):
+        return self.writer.isOpened()
+
+    def write(self, image):
+        self.frames += 1
+        if self.frames <= 3:
+            self.writer.write(image)
+
+    def release(self):
+        self.writer.release()
+
+
+def test_a_video_missing_frames_is_never_renamed_into_place(video, tmp_path, monkeypatch):
+    from poet.errors import OutputError
+    from poet.video import open_video
+
+    earlier = _small_video(tmp_path / "v.avi")
+    frames = _frames_of(video)
+    with open_video(tmp_path / "ok.avi", 10.0) as written:  # the real writer: read back whole, renamed
+        for frame in frames:
+            written.write(frame)
+    assert len(_frames_of(tmp_path / "ok.avi")) == FRAMES
+    monkeypatch.setattr("poet.video.cv2.VideoWriter", _FrameDroppingWriter)
+    short = f"cannot write {tmp_path / 'v.avi'}: the finished file holds 3 of the 12"
+    with pytest.raises(OutputError, match=short), open_video(tmp_path / "v.avi", 10.0) as dropping:
+        for frame in frames:
+            dropping.write(frame)
+    assert (tmp_path / "v.avi").read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.avi", "v.avi"]
+    with open_video(tmp_path / "v.avi", 10.0):  # no frame: nothing replaced
+        pass
+    assert (tmp_path / "v.avi").read_bytes() == earlier
