@@ -32,7 +32,7 @@ import torch
 
 from poet.checks import describe, did_you_mean
 from poet.errors import CheckpointError
-from poet.fileio import atomic_path
+from poet.fileio import atomic_path, write_failed
 from poet.model.config import POSITION_EMBEDDINGS, RESNET_NAMES, PoetConfig
 from poet.model.poet import POET
 from poet.processing import PreprocessConfig
@@ -385,8 +385,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", input_size:
     return model_from_checkpoint(checkpoint, path).to(device).eval()
 
 
+# torch.save writes through its C++ stream writer, whose failures (a full disk, an I/O error) are RuntimeErrors,
+# not OSErrors: "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534", "PytorchStreamWriter
+# failed writing file data/0: file write failed".
+_WRITER_FAILURES = ("inline_container", "PytorchStreamWriter")
+
+
 def save_checkpoint(path: str | Path, model: POET, **extra: Any) -> None:
-    """Write our format atomically; ``extra`` carries training state (optimizer, epoch, RNG states...)."""
+    """Write our format atomically; ``extra`` carries training state (optimizer, epoch, RNG states...).
+
+    A failed write is an :class:`OutputError` naming ``path`` and the cause; an earlier file there is kept.
+    """
     payload: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -396,4 +405,9 @@ def save_checkpoint(path: str | Path, model: POET, **extra: Any) -> None:
         **extra,
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as error:
+            if not any(mark in str(error) for mark in _WRITER_FAILURES):
+                raise  # not a failed write: a bug, which keeps its traceback
+            raise write_failed(Path(path), tmp.parent, f"torch.save failed ({error})") from None

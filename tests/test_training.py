@@ -439,3 +439,63 @@ def test_finetune_from_the_authors_format_keeps_their_architecture_and_weights(c
     assert all(torch.equal(state[k], v) for k, v in source.state_dict().items())
     history = trainer.fit()
     assert np.isfinite(history[0]["loss"])
+
+
+def test_a_checkpoint_that_fills_the_disk_is_one_error_line_and_the_previous_one_is_kept(coco, small_disk, capsys):
+    """torch.save's writer fails with a RuntimeError, not an OSError; poet-train turns it into one line."""
+    from poet.train.cli import main
+
+    output = small_disk(4096)  # room for the first 2.6 MB checkpoint, not for its successor beside it
+    flags = [
+        "--data",
+        str(coco),
+        "--output-dir",
+        str(output),
+        "--epochs",
+        "2",
+        "--eval-every",
+        "0",
+        "--batch-size",
+        "4",
+    ]
+    flags += ["--input-size", "96", "96", "--num-workers", "0", "--no-progress", "--no-tensorboard"]
+    flags += ["--backbone", "resnet18", "--backbone-width", "8", "--hidden-dim", "32", "--nheads", "2"]
+    flags += ["--enc-layers", "1", "--dec-layers", "2", "--dim-feedforward", "64", "--num-queries", "8"]
+    assert main(flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    checkpoint = output / "checkpoint.pth"
+    assert err == [
+        f"error: cannot write {checkpoint}: no space left on device: torch.save failed "
+        f"({err[0].split('torch.save failed (', 1)[1].rsplit(')', 1)[0]}); the earlier file is kept"
+    ]
+    assert read_checkpoint(checkpoint).extra["epoch"] == 0
+    assert sorted(p.name for p in output.iterdir()) == ["checkpoint.pth", "metrics.csv"]
+
+
+def test_a_failed_checkpoint_write_names_the_file_and_other_runtime_errors_keep_their_traceback(
+    tmp_path, tiny_config, monkeypatch
+):
+    import torch
+
+    from poet.checkpoint import save_checkpoint
+    from poet.errors import OutputError
+
+    model = build_model(tiny_config)
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, model, epoch=0)
+
+    def failing_save(obj, target):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OutputError, match=f"cannot write {path}: torch.save failed .*; the earlier file is kept"):
+        save_checkpoint(path, model, epoch=1)
+
+    def buggy_save(obj, target):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(torch, "save", buggy_save)
+    with pytest.raises(RuntimeError, match="a bug"):
+        save_checkpoint(path, model, epoch=1)
+    assert read_checkpoint(path).extra["epoch"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]
