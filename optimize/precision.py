@@ -32,7 +32,7 @@ from poet.console import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT, DEFAULT
 from poet.errors import ImageError, OutputError, PoetError
 from poet.evaluation import listed_images, load_coco_keypoints
 from poet.fileio import atomic_path, check_not_input, check_writable, sha256_file, write_json
-from poet.images import list_images, read_image
+from poet.images import list_images, read_or_skip
 from poet.modelinfo import IMAGES, INT8_TARGETS, MASK, PRECISIONS, ModelInfo, load_onnx, write_model_info
 from poet.optimize.calibration import (
     FP16_FLOAT_OP_TYPES,
@@ -130,20 +130,15 @@ def calibration_paths(calibration: CalibrationSet, count: int) -> list[Path]:
 def _usable_images(paths: Sequence[Path], progress: bool) -> tuple[list[Path], list[str], str]:
     """Decodable images, the unreadable ones skipped (named in the summary), and a hash of all their bytes."""
     usable: list[Path] = []
-    skipped: list[str] = []
+    skipped: list[Path] = []
     digest = hashlib.sha256()
     for path in tqdm(paths, desc="checking calibration images", unit="img", disable=not progress, leave=False):
         digest.update(path.read_bytes())
-        try:
-            read_image(path)
-        except ImageError as error:
-            logger.warning("skipping calibration image: %s", error)
-            skipped.append(str(path))
-            continue
-        usable.append(path)
+        if read_or_skip(path, skipped) is not None:
+            usable.append(path)
     if not usable:
         raise PrecisionError(f"none of the {len(paths)} calibration images could be read (first: {paths[0]})")
-    return usable, skipped, digest.hexdigest()
+    return usable, [str(path) for path in skipped], digest.hexdigest()
 
 
 def op_precision(model: onnx.ModelProto) -> dict[str, dict[str, int]]:

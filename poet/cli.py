@@ -71,9 +71,10 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     _add_model_options(parser)
     args = parser.parse_args(argv)
 
+    from poet.images import skipped_note
     from poet.runner import predict_files
 
-    written = predict_files(
+    written, skipped = predict_files(
         args.checkpoint,
         args.images,
         args.output,
@@ -81,5 +82,5 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         max_people=args.max_people,
         **_model_options(args),
     )
-    print(f"wrote {len(written)} annotated images and poses.json to {args.output}")
+    print(f"wrote {len(written)} annotated images and poses.json to {args.output}{skipped_note(skipped)}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ import numpy as np
 
 from poet.errors import DatasetError
 from poet.fileio import write_json
-from poet.images import read_image
+from poet.images import no_image_left, read_or_skip
 from poet.processing import PERSON_CLASS, Pose
 from poet.skeleton import KEYPOINT_NAMES, NUM_KEYPOINTS
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
+logger = logging.getLogger("poet")
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
@@ -433,19 +435,33 @@ def evaluate_predictions(
     """OKS AP/AR of any pose predictor (PyTorch, ONNX Runtime, TensorRT) on every image of a COCO keypoint file.
 
     ``predict`` maps a batch of BGR images to their poses; one loop for all backends keeps their AP comparable.
+    An image file that cannot be read is skipped with a warning and left out of the AP, like its annotations.
     """
     from tqdm import tqdm
 
     coco = load_coco_keypoints(annotations)
     entries, paths = listed_images(coco, annotations, images_dir, limit)
     per_image: list[tuple[int, Sequence[Pose]]] = []
+    skipped: list[Path] = []
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            poses = predict([read_image(p) for p in chunk])
-            per_image.extend(zip((e["id"] for e in entries[start : start + batch_size]), poses, strict=True))
-            bar.update(len(chunk))
+            chunk = zip(entries[start : start + batch_size], paths[start : start + batch_size], strict=True)
+            read = [(entry["id"], read_or_skip(path, skipped)) for entry, path in chunk]
+            kept = [(image_id, image) for image_id, image in read if image is not None]
+            if kept:
+                poses = predict([image for _, image in kept])
+                per_image.extend(zip((image_id for image_id, _ in kept), poses, strict=True))
+            bar.update(len(read))
+    if not per_image:
+        raise no_image_left(skipped, str(images_dir))
+    if skipped:
+        logger.warning(
+            "%d of the %d images could not be read and were skipped; the AP is over the other %d",
+            len(skipped),
+            len(paths),
+            len(per_image),
+        )
     results = coco_results(per_image)
     if results_path is not None:
         write_json(results_path, results)
-    return evaluate_keypoints(coco, results, [entry["id"] for entry in entries])
+    return evaluate_keypoints(coco, results, [image_id for image_id, _ in per_image])

@@ -51,6 +51,33 @@ def read_image(path: str | Path) -> np.ndarray:
     return to_bgr_uint8(image, source=str(path))
 
 
+def read_or_skip(path: Path, skipped: list[Path]) -> np.ndarray | None:
+    """:func:`read_image`, or None for an unreadable file, logged as skipped and added to ``skipped``.
+
+    The one rule for a folder that holds a file that is not an image, in every tool that reads folders
+    (``poet-run``, ``poet-predict``, ``poet-eval``, calibration): skip it with a warning naming it, go on with
+    the rest, count it in the summary (:func:`skipped_note`), and fail only when no image is left
+    (:func:`no_image_left`).
+    """
+    try:
+        return read_image(path)
+    except ImageError as error:
+        logger.warning("skipping %s", error)
+        skipped.append(path)
+        return None
+
+
+def skipped_note(skipped: Sequence[Path]) -> str:
+    """The summary's word on the skipped images: "" or "; 2 unreadable images skipped"."""
+    count = len(skipped)
+    return f"; {count} unreadable image{'' if count == 1 else 's'} skipped" if count else ""
+
+
+def no_image_left(skipped: Sequence[Path], where: str) -> ImageError:
+    """The error once every image of ``where`` was skipped as unreadable."""
+    return ImageError(f"none of the {len(skipped)} images in {where} could be read (first: {skipped[0]})")
+
+
 ImageInput = str | Path | np.ndarray
 
 EXPECTED_IMAGE = "an HxWx3 uint8 BGR array (as cv2.imread gives it) or a path"

@@ -13,7 +13,7 @@ from poet.drawing import draw_poses, save_image
 from poet.errors import ImageError
 from poet.evaluation import evaluate_predictions
 from poet.fileio import check_outputs, unique_names, write_json
-from poet.images import list_images, read_image
+from poet.images import list_images, no_image_left, read_or_skip
 from poet.model.poet import POET
 from poet.predictor import Predictor
 
@@ -64,8 +64,11 @@ def predict_files(
     max_people: int | None = None,
     batch_size: int = 4,
     progress: bool = True,
-) -> list[Path]:
-    """Draw poses on each image into ``output_dir`` (PNG) and write all poses to ``poses.json``."""
+) -> tuple[list[Path], list[Path]]:
+    """Draw poses on each image into ``output_dir`` (PNG) and write all poses to ``poses.json``.
+
+    Returns the drawings written and the unreadable files skipped (:func:`poet.images.read_or_skip`).
+    """
     output_dir = Path(output_dir)
     files = _expand(sources)
     if not files:
@@ -74,14 +77,19 @@ def predict_files(
     check_outputs([output_dir / "poses.json", *targets], files)
     predictor = Predictor(load_model(checkpoint, device, input_size), device, score_threshold, max_people, batch_size)
     written: list[Path] = []
+    skipped: list[Path] = []
     records: list[dict[str, Any]] = []
     for path, target in tqdm(
         zip(files, targets, strict=True), total=len(files), desc="predicting", unit="img", disable=not progress
     ):
-        image = read_image(path)
+        image = read_or_skip(path, skipped)
+        if image is None:
+            continue
         poses = predictor.predict_arrays([image])[0]
         save_image(target, draw_poses(image, poses))
         written.append(target)
         records.append({"image": str(path), "drawn": target.name, "poses": [pose.to_dict() for pose in poses]})
+    if not written:
+        raise no_image_left(skipped, ", ".join(map(str, sources)))
     write_json(output_dir / "poses.json", records, indent=1)
-    return written
+    return written, skipped

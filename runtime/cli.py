@@ -395,7 +395,7 @@ class _Stream:
         self.stats.elapsed = elapsed
         self.stats.interrupted = interrupted
         self.stats.stopped_early = self.source.stopped_early
-        self.stats.skipped = self.source.skipped
+        self.stats.skipped = len(self.source.skipped)
         self._outputs.close()
         self.source.close()
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from poet.errors import ImageError, PoetError
-from poet.images import IMAGE_SUFFIXES, read_image, to_bgr_uint8
+from poet.errors import PoetError
+from poet.images import IMAGE_SUFFIXES, no_image_left, read_image, read_or_skip, to_bgr_uint8
 
 logger = logging.getLogger("poet")
 
@@ -101,7 +101,7 @@ class FrameSource:
         self.stopped_early: str | None = None
         self._images: list[Path] = []
         self._files: list[str] = []  # each image's path relative to the folder, as Frame.file
-        self.skipped = 0  # unreadable images of a folder, skipped with a warning
+        self.skipped: list[Path] = []  # unreadable images of a folder, skipped with a warning
         self._capture: cv2.VideoCapture | None = None
         path = Path(self.source)
         live = live_kind(self.source)
@@ -195,16 +195,13 @@ class FrameSource:
 
     def _read_images(self) -> _End:
         for index, path in enumerate(self._images):
-            try:
-                image = read_image(path)
-            except ImageError as error:
-                if self.kind == "image":
-                    raise
-                logger.warning("skipping %s", error)
-                self.skipped += 1
+            image = read_image(path) if self.kind == "image" else read_or_skip(path, self.skipped)
+            if image is None:
                 continue
             if not self._put(Frame(index, path.stem, image, self._files[index])):
-                break
+                return _End()
+        if len(self.skipped) == len(self._images):
+            raise no_image_left(self.skipped, f"folder {self.source}")
         return _End()
 
     def _read_capture(self) -> _End:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import cv2
 import numpy as np
@@ -146,3 +147,42 @@ def test_poet_predict_writes_images_and_json(tiny_checkpoint, photos, tmp_path, 
 def test_load_model_moves_to_device_in_eval_mode(tiny_checkpoint):
     model = load_model(tiny_checkpoint, device="cpu")
     assert not model.training and next(model.parameters()).device.type == "cpu"
+
+
+def test_poet_predict_skips_a_file_that_is_not_an_image_and_says_so(tiny_checkpoint, photos, tmp_path, capsys, caplog):
+    """One rule for folders in every tool: skip the unreadable file with a warning, go on, count it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(photos[0], folder / "a.jpg")
+    (folder / "b.jpg").write_text("not an image")
+    shutil.copy(photos[1], folder / "c.jpg")
+    out = tmp_path / "out"
+    assert predict_main([str(folder), "--checkpoint", str(tiny_checkpoint), "-o", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_poses.png", "c_poses.png", "poses.json"]
+    assert [r["image"] for r in json.loads((out / "poses.json").read_text())] == [
+        str(folder / "a.jpg"),
+        str(folder / "c.jpg"),
+    ]
+    assert f"skipping {folder / 'b.jpg'} is not a readable image" in caplog.text
+    assert capsys.readouterr().out.strip().endswith("; 1 unreadable image skipped")
+    for name in ("a.jpg", "c.jpg"):
+        (folder / name).write_bytes(b"\xff\xd8 truncated")
+    none = ["--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "none"), "--no-progress"]
+    assert predict_main([str(folder), *none]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: none of the 3 images in {folder} could be read (first: {folder / 'a.jpg'})\n"
+    )
+    assert not (tmp_path / "none").exists()
+
+
+def test_poet_eval_leaves_an_unreadable_image_out_of_the_ap(tiny_checkpoint, coco, tmp_path, capsys, caplog):
+    images = tmp_path / "val2017"
+    shutil.copytree(coco / "val2017", images)
+    annotations = coco / "annotations" / "person_keypoints_val2017.json"
+    listed = sorted(json.loads(annotations.read_text())["images"], key=lambda entry: entry["id"])
+    (images / listed[1]["file_name"]).write_bytes(b"broken")
+    code = eval_main([str(tiny_checkpoint), "--annotations", str(annotations), "--images", str(images), "--limit", "4"])
+    assert code == 0 and "| AP | AP50 |" in capsys.readouterr().out
+    assert f"skipping {images / listed[1]['file_name']} is not a readable image" in caplog.text
+    assert "1 of the 4 images could not be read and were skipped; the AP is over the other 3" in caplog.text

@@ -100,6 +100,14 @@ def test_folder_skips_unreadable_images_and_bad_sources_fail_in_one_line(
     assert not (tmp_path / "out.jsonl").exists()
     assert main([str(folder), "--model", str(tmp_path / "none.onnx")]) == 2
     assert "none.onnx not found" in capsys.readouterr().err
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (unreadable / name).write_bytes(b"not an image")
+    assert main([str(unreadable), "--model", model, "--jsonl", str(tmp_path / "out.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: none of the 2 images in folder {unreadable} could be read (first: {unreadable / 'a.jpg'})"]
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 class FakeCamera:
