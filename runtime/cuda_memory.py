@@ -10,9 +10,13 @@ from __future__ import annotations
 import ctypes
 import importlib
 import logging
+import threading
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -53,13 +57,48 @@ class PinnedBuffer:
 
 
 class CudaStream(ABC):
-    """One CUDA device and one stream: allocation, asynchronous copies, synchronisation, CUDA graphs."""
+    """One CUDA device and one stream: allocation, asynchronous copies, synchronisation, CUDA graphs.
+
+    CUDA's current device (cuda-python) and pycuda's context stack are per host thread, so every call that
+    touches the GPU runs inside :meth:`current`, on whichever thread calls it; callers that make several calls
+    (the TensorRT backend's ``infer``) enter it once around them. Everything is freed by :meth:`close`, which
+    may be called more than once, or when the stream is garbage collected without it.
+    """
 
     supports_graphs = False
 
-    def __init__(self, info: DeviceInfo) -> None:
+    def __init__(self, info: DeviceInfo, device: int) -> None:
         self.info = info
+        self.device = device
         self._buffers: list[PinnedBuffer] = []
+        self._local = threading.local()
+        self._finalizer: weakref.finalize | None = None
+
+    def _release_when_dropped(self, release: Callable[[], None]) -> None:
+        """Run ``release`` (which must not refer to this object) once: at :meth:`close` or at garbage collection."""
+        self._finalizer = weakref.finalize(self, release)
+        self._finalizer.atexit = False  # at the process's exit the driver frees everything itself
+
+    @property
+    def closed(self) -> bool:
+        return self._finalizer is None or not self._finalizer.alive
+
+    @abstractmethod
+    def _activate(self) -> AbstractContextManager[None]:
+        """Make this stream's device (and context) current on the calling thread, and restore the old on exit."""
+
+    @contextmanager
+    def current(self) -> Iterator[None]:
+        """This stream's device current on the calling thread for the block; nested entries switch once."""
+        if self.closed:
+            raise CudaError(f"the CUDA stream on device {self.device} is closed")
+        depth = getattr(self._local, "depth", 0)
+        with self._activate() if depth == 0 else nullcontext():
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
 
     @property
     @abstractmethod
@@ -73,44 +112,91 @@ class CudaStream(ABC):
     def _free(self, buffer: PinnedBuffer) -> None: ...
 
     @abstractmethod
-    def copy_to_device(self, buffer: PinnedBuffer, nbytes: int) -> None:
-        """Queue a copy of the first ``nbytes`` of ``buffer.host`` to ``buffer.device``."""
+    def _copy_to_device(self, buffer: PinnedBuffer, nbytes: int) -> None: ...
 
     @abstractmethod
-    def copy_to_host(self, buffer: PinnedBuffer, nbytes: int) -> None:
-        """Queue a copy of the first ``nbytes`` of ``buffer.device`` to ``buffer.host``."""
+    def _copy_to_host(self, buffer: PinnedBuffer, nbytes: int) -> None: ...
 
     @abstractmethod
-    def synchronize(self) -> None: ...
+    def _synchronize(self) -> None: ...
 
-    @abstractmethod
-    def _close_stream(self) -> None: ...
-
-    def capture_graph(self, enqueue: Callable[[], bool]) -> Any | None:
-        """Record what ``enqueue`` queues on the stream as a launchable CUDA graph; None if that fails."""
+    def _capture_graph(self, enqueue: Callable[[], bool]) -> Any | None:
         return None
 
-    def launch_graph(self, graph: Any) -> None:
+    def _launch_graph(self, graph: Any) -> None:
         raise NotImplementedError
 
-    def destroy_graph(self, graph: Any) -> None:
+    def _destroy_graph(self, graph: Any) -> None:
         raise NotImplementedError
 
     def allocate(self, nbytes: int) -> PinnedBuffer:
         """Pinned host and device memory of ``nbytes`` each, freed by :meth:`free` or :meth:`close`."""
-        buffer = self._allocate(max(1, nbytes))
+        with self.current():
+            buffer = self._allocate(max(1, nbytes))
         self._buffers.append(buffer)
         return buffer
 
     def free(self, buffer: PinnedBuffer) -> None:
         self._buffers.remove(buffer)
-        self._free(buffer)
+        with self.current():
+            self._free(buffer)
+
+    def copy_to_device(self, buffer: PinnedBuffer, nbytes: int) -> None:
+        """Queue a copy of the first ``nbytes`` of ``buffer.host`` to ``buffer.device``."""
+        with self.current():
+            self._copy_to_device(buffer, nbytes)
+
+    def copy_to_host(self, buffer: PinnedBuffer, nbytes: int) -> None:
+        """Queue a copy of the first ``nbytes`` of ``buffer.device`` to ``buffer.host``."""
+        with self.current():
+            self._copy_to_host(buffer, nbytes)
+
+    def synchronize(self) -> None:
+        with self.current():
+            self._synchronize()
+
+    def capture_graph(self, enqueue: Callable[[], bool]) -> Any | None:
+        """Record what ``enqueue`` queues on the stream as a launchable CUDA graph; None if that fails."""
+        with self.current():
+            return self._capture_graph(enqueue)
+
+    def launch_graph(self, graph: Any) -> None:
+        with self.current():
+            self._launch_graph(graph)
+
+    def destroy_graph(self, graph: Any) -> None:
+        with self.current():
+            self._destroy_graph(graph)
 
     def close(self) -> None:
-        """Free every buffer and the stream; the object is unusable afterwards."""
-        while self._buffers:
-            self._free(self._buffers.pop())
-        self._close_stream()
+        """Free every buffer and the stream; the object is unusable afterwards. A second call does nothing."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+@contextmanager
+def cuda_python_device(cudart: ModuleType, device: int) -> Iterator[None]:
+    """``device`` current on this thread for the block (``cudaSetDevice`` is per host thread), the old one after."""
+    previous = check_cuda_python(cudart, cudart.cudaGetDevice(), "cudaGetDevice")
+    if previous != device:
+        check_cuda_python(cudart, cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
+    try:
+        yield
+    finally:
+        if previous != device:
+            check_cuda_python(cudart, cudart.cudaSetDevice(previous), f"cudaSetDevice({previous})")
+
+
+def _free_cuda_python(cudart: ModuleType, buffer: PinnedBuffer) -> None:
+    check_cuda_python(cudart, cudart.cudaFree(buffer.device), "cudaFree")
+    check_cuda_python(cudart, cudart.cudaFreeHost(buffer.host.ctypes.data), "cudaFreeHost")
+
+
+def _release_cuda_python(cudart: ModuleType, device: int, stream: Any, buffers: list[PinnedBuffer]) -> None:
+    with cuda_python_device(cudart, device):
+        while buffers:
+            _free_cuda_python(cudart, buffers.pop())
+        check_cuda_python(cudart, cudart.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
 
 class CudaPythonStream(CudaStream):
@@ -120,14 +206,18 @@ class CudaPythonStream(CudaStream):
 
     def __init__(self, cudart: ModuleType, device: int) -> None:
         self._rt = cudart
-        super().__init__(cuda_python_device_info(cudart, device))
-        self._check(cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
-        self._stream = self._check(
-            cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags"
-        )
+        super().__init__(cuda_python_device_info(cudart, device), device)
+        with cuda_python_device(cudart, device):
+            self._stream = self._check(
+                cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags"
+            )
+        self._release_when_dropped(partial(_release_cuda_python, cudart, device, self._stream, self._buffers))
 
     def _check(self, result: tuple[Any, ...], call: str) -> Any:
         return check_cuda_python(self._rt, result, call)
+
+    def _activate(self) -> AbstractContextManager[None]:
+        return cuda_python_device(self._rt, self.device)
 
     @property
     def handle(self) -> int:
@@ -144,27 +234,26 @@ class CudaPythonStream(CudaStream):
         return PinnedBuffer(host=host, device=int(device_pointer), nbytes=nbytes)
 
     def _free(self, buffer: PinnedBuffer) -> None:
-        self._check(self._rt.cudaFree(buffer.device), "cudaFree")
-        self._check(self._rt.cudaFreeHost(buffer.host.ctypes.data), "cudaFreeHost")
+        _free_cuda_python(self._rt, buffer)
 
-    def copy_to_device(self, buffer: PinnedBuffer, nbytes: int) -> None:
+    def _copy_to_device(self, buffer: PinnedBuffer, nbytes: int) -> None:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         self._check(
             self._rt.cudaMemcpyAsync(buffer.device, buffer.host.ctypes.data, nbytes, kind, self._stream),
             "cudaMemcpyAsync (host to device)",
         )
 
-    def copy_to_host(self, buffer: PinnedBuffer, nbytes: int) -> None:
+    def _copy_to_host(self, buffer: PinnedBuffer, nbytes: int) -> None:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self._check(
             self._rt.cudaMemcpyAsync(buffer.host.ctypes.data, buffer.device, nbytes, kind, self._stream),
             "cudaMemcpyAsync (device to host)",
         )
 
-    def synchronize(self) -> None:
+    def _synchronize(self) -> None:
         self._check(self._rt.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
-    def capture_graph(self, enqueue: Callable[[], bool]) -> Any | None:
+    def _capture_graph(self, enqueue: Callable[[], bool]) -> Any | None:
         """Capture thread-locally (as trtexec does: other threads' CUDA calls are not disturbed); on any failure
         the capture is ended and CUDA's last error cleared, so the plain enqueue that follows still works."""
         rt = self._rt
@@ -191,26 +280,66 @@ class CudaPythonStream(CudaStream):
             return None
         return graph_exec
 
-    def launch_graph(self, graph: Any) -> None:
+    def _launch_graph(self, graph: Any) -> None:
         self._check(self._rt.cudaGraphLaunch(graph, self._stream), "cudaGraphLaunch")
 
-    def destroy_graph(self, graph: Any) -> None:
+    def _destroy_graph(self, graph: Any) -> None:
         self._check(self._rt.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy")
 
-    def _close_stream(self) -> None:
-        self._check(self._rt.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
+
+@contextmanager
+def pycuda_context(driver: ModuleType, context: Any) -> Iterator[None]:
+    """``context`` pushed on this thread's pycuda context stack for the block (the stack is per thread)."""
+    context.push()
+    try:
+        yield
+    finally:
+        driver.Context.pop()
+
+
+class _PyCudaResources:
+    """What a :class:`PyCudaStream` owns, apart from it, so that its release needs no reference to the stream."""
+
+    def __init__(self, driver: ModuleType, context: Any) -> None:
+        self.driver = driver
+        self.context = context
+        self.stream: Any = None
+        self.allocations: dict[int, Any] = {}
+        self.buffers: list[PinnedBuffer] = []
+
+    def free(self, buffer: PinnedBuffer) -> None:
+        self.allocations.pop(buffer.device).free()
+        pinned: Any = buffer.host.base  # pycuda's page-locked allocation behind the array
+        pinned.free()
+
+    def release(self) -> None:
+        """Free in the stream's context, on whichever thread this runs, then let go of the primary context."""
+        with pycuda_context(self.driver, self.context):
+            while self.buffers:
+                self.free(self.buffers.pop())
+            self.stream = None  # pycuda destroys the stream now, while its context is current
+        self.context.detach()
 
 
 class PyCudaStream(CudaStream):
-    """pycuda, where cuda-python is missing; TensorRT runs in the device's primary context, made current here."""
+    """pycuda, where cuda-python is missing; TensorRT runs in the device's primary context, made current around
+    every call."""
 
     def __init__(self, driver: ModuleType, device: int) -> None:
         self._driver = driver
-        super().__init__(pycuda_device_info(driver, device))
-        self._context = driver.Device(device).retain_primary_context()
-        self._context.push()
-        self._stream = driver.Stream()
-        self._allocations: dict[int, Any] = {}
+        super().__init__(pycuda_device_info(driver, device), device)
+        self._resources = _PyCudaResources(driver, driver.Device(device).retain_primary_context())
+        self._buffers = self._resources.buffers
+        with pycuda_context(driver, self._resources.context):
+            self._resources.stream = driver.Stream()
+        self._release_when_dropped(self._resources.release)
+
+    def _activate(self) -> AbstractContextManager[None]:
+        return pycuda_context(self._driver, self._resources.context)
+
+    @property
+    def _stream(self) -> Any:
+        return self._resources.stream
 
     @property
     def handle(self) -> int:
@@ -222,27 +351,23 @@ class PyCudaStream(CudaStream):
             allocation = self._driver.mem_alloc(nbytes)
         except self._driver.Error as error:
             raise CudaError(f"CUDA allocation of {nbytes} bytes failed: {error}") from None
-        self._allocations[int(allocation)] = allocation
+        self._resources.allocations[int(allocation)] = allocation
         return PinnedBuffer(host=host, device=int(allocation), nbytes=nbytes)
 
     def _free(self, buffer: PinnedBuffer) -> None:
-        self._allocations.pop(buffer.device).free()
+        self._resources.free(buffer)
 
-    def copy_to_device(self, buffer: PinnedBuffer, nbytes: int) -> None:
+    def _copy_to_device(self, buffer: PinnedBuffer, nbytes: int) -> None:
         self._driver.memcpy_htod_async(buffer.device, buffer.host[:nbytes], self._stream)
 
-    def copy_to_host(self, buffer: PinnedBuffer, nbytes: int) -> None:
+    def _copy_to_host(self, buffer: PinnedBuffer, nbytes: int) -> None:
         self._driver.memcpy_dtoh_async(buffer.host[:nbytes], buffer.device, self._stream)
 
-    def synchronize(self) -> None:
+    def _synchronize(self) -> None:
         try:
             self._stream.synchronize()
         except self._driver.Error as error:
             raise CudaError(f"CUDA stream synchronize failed: {error}") from None
-
-    def _close_stream(self) -> None:
-        self._context.pop()
-        self._context.detach()
 
 
 def check_cuda_python(cudart: ModuleType, result: tuple[Any, ...], call: str) -> Any:
@@ -271,12 +396,19 @@ def pycuda_driver() -> ModuleType | None:
         driver = importlib.import_module("pycuda.driver")
     except ImportError:
         return None
-    driver.init()
+    try:
+        driver.init()
+    except driver.Error as error:
+        raise CudaError(f"CUDA cannot start through pycuda: {error}") from None
     return driver
 
 
 def cuda_python_device_info(cudart: ModuleType, device: int) -> DeviceInfo:
-    count = check_cuda_python(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    try:
+        result = cudart.cudaGetDeviceCount()
+    except RuntimeError as error:  # cuda-python 12.6 raises where the driver library is missing; later ones return it
+        raise CudaError(f"CUDA cudaGetDeviceCount failed: no CUDA driver here ({error})") from None
+    count = check_cuda_python(cudart, result, "cudaGetDeviceCount")
     if not 0 <= device < count:
         raise CudaError(f"CUDA device {device} does not exist: this machine has {count}")
     properties = check_cuda_python(cudart, cudart.cudaGetDeviceProperties(device), f"cudaGetDeviceProperties({device})")
