@@ -1,9 +1,11 @@
 """Whether a TensorRT engine can run here: its JSON sidecar, the running TensorRT and GPU, and a clear refusal.
 
-A serialized engine only runs under the TensorRT version that built it and on GPUs of the compute
-capability it was built for; otherwise TensorRT fails with an obscure deserialization error or, worse,
-runs slowly. ``poet-build-engine`` records both in ``<engine>.json`` and the runtime compares them
-before deserializing. Torch- and onnx-free, so the runtime and ``poet.optimize.engine`` share it.
+A serialized engine only runs under the TensorRT version that built it, on GPUs of the compute
+capability it was built for, and on the platform (CPU architecture, OS, Jetson or not) it was built on:
+"serialized engines are not portable across platforms". Otherwise TensorRT fails with an obscure
+deserialization error or, worse, runs slowly. ``poet-build-engine`` records all three in ``<engine>.json``
+and the runtime compares them before deserializing. Torch- and onnx-free, so the runtime and
+``poet.optimize.engine`` share it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +33,13 @@ TENSORRT_INSTALL = (
 
 # Strongly typed networks, IProgressMonitor and the name-based I/O API all arrived in TensorRT 10.
 MIN_TENSORRT = (10, 0)
-# DLA was unavailable from TensorRT 11.0 through 11.3 (11.4 brought it back).
-NO_DLA_RELEASES = ((11, 0), (11, 4))
+# The TensorRT releases that run DLA on JetPack, as NVIDIA's DLA guide lists them: 10.0 to 10.7 ("TensorRT 10.7
+# was the last 10.x release that supported DLA") and 11.4.1 on JetPack 7.2.2 or later. 10.8 to 10.x, 11.0 to 11.3,
+# 11.4.0 (DLA only on Windows on ARM) and 11.5 (no JetPack) have none there. A later release with DLA needs adding.
+DLA_RELEASES: tuple[tuple[int, ...], ...] = (*((10, minor) for minor in range(8)), (11, 4, 1))
+DLA_RELEASE_NAMES = "TensorRT 10.0 to 10.7 (JetPack 6 ships 10.3), or 11.4.1 on JetPack 7.2.2 or later"
+# Where a Jetson's Linux for Tegra names its release, e.g. "# R36 (release), REVISION: 4.3, ...".
+TEGRA_RELEASE_FILE = Path("/etc/nv_tegra_release")
 
 
 class TensorRTUnavailable(PoetError):
@@ -51,9 +60,13 @@ def tensorrt_release(version: str) -> tuple[int, int]:
 
 
 def has_dla(version: str) -> bool:
-    """Whether this TensorRT release can build or run DLA engines at all (the device decides the rest)."""
-    low, high = NO_DLA_RELEASES
-    return not low <= tensorrt_release(version) < high
+    """Whether this TensorRT release can build or run DLA engines on JetPack at all (the device decides the rest).
+
+    A positive list: a release not known to have DLA is taken to have none, so a DLA build on it stops in one
+    line instead of silently putting every layer on the GPU.
+    """
+    patch_release = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    return tensorrt_release(version) in DLA_RELEASES or patch_release in DLA_RELEASES
 
 
 class EngineCompatibilityError(ModelError):
@@ -99,10 +112,19 @@ def build_command(onnx: str | Path, precision: str, engine: str | Path, max_batc
     return f"poet-build-engine {onnx} --{precision}{batch} -o {engine}"
 
 
-def rebuild_command(info: ModelInfo, engine_path: Path) -> str:
-    """The rebuild command for an engine, from the ONNX its sidecar names."""
+def dla_core_of(info: ModelInfo) -> int | None:
+    """The DLA core an engine's sidecar says it was built for, None for a GPU engine."""
+    core = info.extra.get("tensorrt", {}).get("build_options", {}).get("dla_core")
+    return None if core is None else int(core)
+
+
+def rebuild_command(info: ModelInfo, engine_path: Path, *, keep_dla: bool = True) -> str:
+    """The rebuild command for an engine, from the ONNX its sidecar names, on the DLA core it was built for
+    unless ``keep_dla`` is False (for a device without DLA)."""
     onnx = info.extra.get("onnx", {}).get("path", "MODEL.onnx")
-    return build_command(onnx, info.precision, engine_path, None if info.batch else info.max_batch)
+    command = build_command(onnx, info.precision, engine_path, None if info.batch else info.max_batch)
+    core = dla_core_of(info)
+    return command + (f" --dla-core {core}" if keep_dla and core is not None else "")
 
 
 def write_sidecar(engine_path: str | Path, info: ModelInfo) -> Path:
@@ -129,54 +151,113 @@ def read_sidecar(engine_path: str | Path) -> ModelInfo:
 
 
 @dataclass(frozen=True)
+class HostPlatform:
+    """The machine an engine was built on, as far as engines care: CPU architecture, OS, and on a Jetson the
+    Linux for Tegra release (``"R36.4.3"``, which names the JetPack: R36.4 is JetPack 6.1 and 6.2)."""
+
+    machine: str
+    system: str
+    l4t_release: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"machine": self.machine, "system": self.system, "l4t_release": self.l4t_release}
+
+    @classmethod
+    def from_dict(cls, recorded: dict[str, Any]) -> HostPlatform:
+        release = recorded.get("l4t_release")
+        return cls(str(recorded["machine"]), str(recorded["system"]), None if release is None else str(release))
+
+    def describe(self) -> str:
+        jetson = f", Jetson L4T {self.l4t_release}" if self.l4t_release else ""
+        return f"{self.system} {self.machine}{jetson}"
+
+    def portable_to(self, other: HostPlatform) -> bool:
+        """Whether an engine built here can load there: same architecture and OS, both Jetsons or neither."""
+        return (self.machine, self.system, self.l4t_release is None) == (
+            other.machine,
+            other.system,
+            other.l4t_release is None,
+        )
+
+
+def l4t_release(text: str) -> str | None:
+    """``"# R36 (release), REVISION: 4.3, GCID: ..."`` (a Jetson's release file) -> ``"R36.4.3"``."""
+    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    return f"R{match[1]}.{match[2]}" if match else None
+
+
+def host_platform(tegra_release_file: Path = TEGRA_RELEASE_FILE) -> HostPlatform:
+    """This machine's :class:`HostPlatform`."""
+    try:
+        release = l4t_release(tegra_release_file.read_text(errors="replace"))
+    except OSError:
+        release = None
+    return HostPlatform(platform.machine(), platform.system(), release)
+
+
+@dataclass(frozen=True)
 class EngineTarget:
-    """What an engine is tied to: the TensorRT version and the GPU's compute capability ("8.7")."""
+    """What an engine is tied to: the TensorRT version, the GPU's compute capability ("8.7") and the platform
+    (None in sidecars written before poet-edge recorded it)."""
 
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
+    platform: HostPlatform | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        recorded = {
             "version": self.tensorrt_version,
             "gpu_name": self.gpu_name,
             "compute_capability": self.compute_capability,
         }
+        return recorded | ({"platform": self.platform.to_dict()} if self.platform else {})
 
     @classmethod
     def from_info(cls, info: ModelInfo, engine_path: Path) -> EngineTarget:
         """The target a sidecar records (``extra["tensorrt"]``), or an error naming the engine."""
         recorded = info.extra.get("tensorrt", {})
         try:
-            return cls(str(recorded["version"]), str(recorded["gpu_name"]), str(recorded["compute_capability"]))
-        except (KeyError, TypeError):
+            built_on = recorded.get("platform")
+            return cls(
+                str(recorded["version"]),
+                str(recorded["gpu_name"]),
+                str(recorded["compute_capability"]),
+                None if built_on is None else HostPlatform.from_dict(built_on),
+            )
+        except (KeyError, TypeError, AttributeError):
             raise EngineCompatibilityError(
                 f"sidecar {sidecar_path(engine_path).name} of engine {engine_path} does not say which TensorRT "
                 f"version and GPU the engine was built for; rebuild it: {rebuild_command(info, engine_path)}"
             ) from None
 
     def describe(self) -> str:
-        return f"TensorRT {self.tensorrt_version} on {self.gpu_name} (compute capability {self.compute_capability})"
+        where = f", {self.platform.describe()}" if self.platform else ""
+        return (
+            f"TensorRT {self.tensorrt_version} on {self.gpu_name} (compute capability {self.compute_capability}{where})"
+        )
 
 
 def running_target(device: int = 0) -> EngineTarget:
-    """The TensorRT version imported here and the compute capability of CUDA device ``device``."""
+    """The TensorRT version imported here, the compute capability of CUDA device ``device`` and this platform."""
     require_tensorrt()
     import tensorrt as trt
 
     from poet.runtime.cuda_memory import device_info
 
     gpu = device_info(device)
-    return EngineTarget(trt.__version__, gpu.name, gpu.compute_capability)
+    return EngineTarget(trt.__version__, gpu.name, gpu.compute_capability, host_platform())
 
 
 def check_compatibility(
     info: ModelInfo, engine_path: str | Path, running: EngineTarget | None = None, *, device: int = 0
 ) -> None:
-    """Refuse, before TensorRT deserializes it, an engine built for another TensorRT version or GPU generation.
+    """Refuse, before TensorRT deserializes it, an engine built for another TensorRT version, GPU generation or
+    platform.
 
     ``running`` defaults to this machine (:func:`running_target` of ``device``). Another GPU model of the
-    same compute capability is allowed with a warning: the engine runs, its tactics may not be the fastest.
+    same compute capability is allowed with a warning: the engine runs, its tactics may not be the fastest;
+    so is another L4T release of the same TensorRT on a Jetson.
     """
     engine_path = Path(engine_path)
     built = EngineTarget.from_info(info, engine_path)
@@ -189,10 +270,26 @@ def check_compatibility(
             f"compute capability {built.compute_capability} ({built.gpu_name}) but this GPU, "
             f"{running.gpu_name}, is {running.compute_capability}"
         )
+    if built.platform and running.platform and not built.platform.portable_to(running.platform):
+        mismatches.append(f"{built.platform.describe()} but this machine is {running.platform.describe()}")
     if mismatches:
         raise EngineCompatibilityError(
             f"engine {engine_path} cannot run here: it was built for {' and '.join(mismatches)}. Engines are "
-            f"tied to both; rebuild it on this machine from its ONNX: {rebuild_command(info, engine_path)}"
+            f"tied to the TensorRT version, the GPU generation and the platform; rebuild it on this machine from "
+            f"its ONNX: {rebuild_command(info, engine_path)}"
+        )
+    if built.platform is None:
+        log.warning(
+            "engine %s: its sidecar does not record the platform it was built on (built before poet-edge recorded "
+            "it), so only its TensorRT version and GPU are checked; rebuilding records it",
+            engine_path,
+        )
+    elif running.platform and built.platform.l4t_release != running.platform.l4t_release:
+        log.warning(
+            "engine %s was built on L4T %s and runs on L4T %s with the same TensorRT: rebuild it if it fails to load",
+            engine_path,
+            built.platform.l4t_release,
+            running.platform.l4t_release,
         )
     if built.gpu_name != running.gpu_name:
         log.warning(
