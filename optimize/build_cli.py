@@ -149,4 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     counts = ", ".join(f"{count} {precision}" for precision, count in result.layer_precisions.items())
     print(f"wrote {result.engine_path} and {result.sidecar_path.name} ({result.build_seconds:.0f} s); layers: {counts}")
+    if result.dla is not None:
+        dla = result.dla
+        print(
+            f"DLA core {dla.core}: {dla.dla_layers} engine layers on DLA, {dla.gpu_layers} on the GPU "
+            f"({dla.network_layers_dla_capable} of {dla.network_layers} network layers DLA-capable)"
+        )
     return 0

@@ -3,7 +3,8 @@
 Precision lives in the ONNX (FP16 casts from mixed precision, INT8 Q/DQ from COCO calibration), so the
 network is created ``STRONGLY_TYPED``: TensorRT 11 removed the FP16/INT8 builder flags and calibrators,
 and TensorRT 10.3 (JetPack 6) honours the same flag. After the build the engine inspector counts the
-layers per precision, so a build that silently ran everything in FP32 is reported loudly and recorded.
+layers per precision, so a build that silently ran everything in FP32 is reported loudly and recorded; a
+DLA build counts the layers TensorRT placed on DLA the same way, since its fallback to the GPU is silent.
 """
 
 from __future__ import annotations
@@ -25,9 +26,18 @@ from poet.errors import PoetError
 from poet.fileio import atomic_path, check_not_input, check_writable, sha256_file
 from poet.modelinfo import ModelInfo, read_onnx_info
 from poet.optimize.tensorrt_check import check_onnx_file
-from poet.runtime.compat import EngineTarget, has_dla, require_tensorrt, sidecar_path, write_sidecar
+from poet.runtime.compat import (
+    DLA_RELEASE_NAMES,
+    EngineTarget,
+    has_dla,
+    host_platform,
+    require_tensorrt,
+    sidecar_path,
+    write_sidecar,
+)
 from poet.runtime.cuda_memory import open_stream
 from poet.runtime.tensorrt_backend import dims
+from poet.runtime.tensorrt_log import MESSAGES, tensorrt_logger
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -44,6 +54,9 @@ _PRECISION_WORDS = {
     "fp8": {"FP8"},
     "fp32": {"FP32", "Float"},
 }
+# How TensorRT's builder log names each layer's device after a DLA build ("[DlaLayer] {ForeignNode[a...b]}",
+# "[GpuLayer] SHUFFLE: /Flatten"), at INFO in 10.x's older releases and VERBOSE in newer ones.
+DLA_LAYER, GPU_LAYER = "[DlaLayer]", "[GpuLayer]"
 
 
 class EngineBuildError(PoetError):
@@ -51,14 +64,54 @@ class EngineBuildError(PoetError):
 
 
 @dataclass(frozen=True)
+class DlaPlacement:
+    """Where a DLA build put its layers: the engine's layers on DLA and on the GPU, and how many of the
+    network's layers TensorRT judged DLA-capable before building."""
+
+    core: int
+    dla_layers: int
+    gpu_layers: int
+    network_layers_dla_capable: int
+    network_layers: int
+
+    def shortfall(self) -> str | None:
+        """A warning when no layer, or only a minority of the network, runs on DLA."""
+        if self.dla_layers == 0:
+            return (
+                f"NO layer runs on DLA core {self.core}: TensorRT placed all {self.gpu_layers} engine layers on the "
+                f"GPU ({self.network_layers_dla_capable} of {self.network_layers} network layers were DLA-capable), "
+                "so this is a GPU engine"
+            )
+        if 2 * self.network_layers_dla_capable < self.network_layers:
+            return (
+                f"only {self.network_layers_dla_capable} of {self.network_layers} network layers can run on DLA "
+                f"core {self.core}: the engine has {self.dla_layers} layers on DLA and {self.gpu_layers} on the "
+                "GPU, and every switch between them costs a copy"
+            )
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "core": self.core,
+            "dla_layers": self.dla_layers,
+            "gpu_layers": self.gpu_layers,
+            "network_layers_dla_capable": self.network_layers_dla_capable,
+            "network_layers": self.network_layers,
+            "warning": self.shortfall(),
+        }
+
+
+@dataclass(frozen=True)
 class EngineResult:
-    """A written engine: its path, its sidecar's path and content, and its layers counted per precision."""
+    """A written engine: its path, its sidecar's path and content, its layers counted per precision and, for
+    a DLA build, where its layers run."""
 
     engine_path: Path
     sidecar_path: Path
     info: ModelInfo
     layer_precisions: dict[str, int]
     build_seconds: float
+    dla: DlaPlacement | None = None
 
 
 def batch_profile(
@@ -115,6 +168,23 @@ def layer_precisions(engine_information: str) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def layers_on_dla(engine_information: str, placement_log: Sequence[str]) -> tuple[int, int]:
+    """(layers on DLA, layers on the GPU) of a built engine.
+
+    TensorRT does not document how the inspector marks a DLA layer; its builder log does, one line per layer
+    (``[DlaLayer] {ForeignNode[...]}``). An inspector layer counts as DLA where the log names it or its type
+    says DLA; where the inspector names none of the logged layers, the log's count stands.
+    """
+    logged = {line.split(DLA_LAYER, 1)[1].strip().rstrip(",").strip() for line in placement_log if DLA_LAYER in line}
+    layers = json.loads(engine_information).get("Layers", [])
+    names = [str(layer.get("Name", "")) if isinstance(layer, dict) else str(layer) for layer in layers]
+    kinds = [str(layer.get("LayerType", "")) if isinstance(layer, dict) else "" for layer in layers]
+    on_dla = sum(1 for name, kind in zip(names, kinds, strict=True) if name in logged or "DLA" in kind.upper())
+    if on_dla == 0 and logged:
+        return len(logged), sum(1 for line in placement_log if GPU_LAYER in line)
+    return on_dla, len(layers) - on_dla
+
+
 def precision_shortfall(precision: str, counts: Mapping[str, int]) -> str | None:
     """A warning when a reduced-precision ONNX gave an engine without a single layer in that precision."""
     if precision == "fp32" or counts.get(precision, 0) > 0:
@@ -132,13 +202,14 @@ def _parse_onnx(network: trt.INetworkDefinition, logger: trt.ILogger, onnx_path:
     import tensorrt as trt
 
     parser = trt.OnnxParser(network, logger)
+    mark = MESSAGES.mark()
     if parser.parse_from_file(str(onnx_path)):
         return
     errors = []
     for index in range(parser.num_errors):
         error = parser.get_error(index)
         errors.append(f"node {error.node()} {error.node_name()!r} ({error.node_operator()}): {error.desc()}")
-    details = "\n  ".join(errors) or "no details (see the TensorRT log above)"
+    details = "\n  ".join(errors) or f"no parser details{MESSAGES.quote(mark)}"
     raise EngineBuildError(f"TensorRT cannot parse {onnx_path} ({len(errors)} errors):\n  {details}")
 
 
@@ -166,10 +237,7 @@ def check_dla_options(core: int | None, dynamic_max_batch: int | None, tensorrt_
     if core < 0:
         raise EngineBuildError(f"--dla-core must be 0 or more, got {core}")
     if tensorrt_version is not None and not has_dla(tensorrt_version):
-        raise EngineBuildError(
-            f"TensorRT {tensorrt_version} has no DLA support (TensorRT 11.0 to 11.3 dropped it; use the 10.x of "
-            "your JetPack, or 11.4.1 or newer on JetPack 7.2.2+)"
-        )
+        raise EngineBuildError(f"TensorRT {tensorrt_version} has no DLA support: DLA runs with {DLA_RELEASE_NAMES}")
     if dynamic_max_batch is not None:
         raise EngineBuildError(
             f"DLA needs fixed shapes, and this ONNX has a dynamic batch (1..{dynamic_max_batch}); "
@@ -225,7 +293,17 @@ def _progress_monitor() -> trt.IProgressMonitor:
     return TqdmProgressMonitor()
 
 
-def _serialize(
+@dataclass(frozen=True)
+class _Built:
+    """What the builder leaves: the serialized engine, its build log's layer placement lines, and how many of
+    the network's layers are DLA-capable (None without DLA)."""
+
+    serialized: trt.IHostMemory
+    placement_log: list[str]
+    dla_capable: tuple[int, int] | None
+
+
+def _build(
     onnx_path: Path,
     info: ModelInfo,
     batches: tuple[int, int, int] | None,
@@ -233,11 +311,12 @@ def _serialize(
     cache_path: Path | None,
     dla_core: int | None,
     progress: bool,
-) -> tuple[trt.IHostMemory, dict[str, int]]:
-    """Parse, configure and build on the current CUDA device; the serialized engine and its layers per precision."""
+) -> _Built:
+    """Parse, configure and build on the current CUDA device. Builder, network and config are local, so they are
+    freed when this returns, before the engine is deserialized again for inspection."""
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = tensorrt_logger()
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     _parse_onnx(network, logger, onnx_path)
@@ -253,22 +332,41 @@ def _serialize(
             profile.set_shape(name, trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
         config.add_optimization_profile(profile)
     _load_timing_cache(config, cache_path)
+    dla_capable = None
     if dla_core is not None:
         _configure_dla(builder, config, dla_core, info.precision)
+        layers = [network.get_layer(index) for index in range(network.num_layers)]
+        dla_capable = (sum(1 for layer in layers if config.can_run_on_DLA(layer)), len(layers))
     monitor = _progress_monitor() if progress else None  # referenced until the build ends, as TensorRT requires
     if monitor is not None:
         config.progress_monitor = monitor
 
-    serialized = builder.build_serialized_network(network, config)
+    mark = MESSAGES.mark()
+    with MESSAGES.watch(DLA_LAYER, GPU_LAYER) as placement_log:
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
+        raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path}{MESSAGES.quote(mark)}")
     if cache_path is not None:
         _save_timing_cache(config, cache_path)
-    runtime = trt.Runtime(logger)
+    return _Built(serialized, placement_log, dla_capable)
+
+
+def _inspect(serialized: trt.IHostMemory, onnx_path: Path, dla_core: int | None) -> str:
+    """The engine inspector's JSON of a freshly built engine (deserialized once more, the builder gone)."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(tensorrt_logger())
     if dla_core is not None:
         runtime.DLA_core = dla_core  # before deserializing, or the engine lands on DLA core 0
-    inspector = runtime.deserialize_cuda_engine(serialized).create_engine_inspector()
-    return serialized, layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    mark = MESSAGES.mark()
+    engine = runtime.deserialize_cuda_engine(serialized)
+    inspector = engine.create_engine_inspector() if engine is not None else None
+    if inspector is None:
+        raise EngineBuildError(
+            f"TensorRT built an engine from {onnx_path} but could not load it back to count its layers"
+            f"{MESSAGES.quote(mark)}"
+        )
+    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
 
 def build_engine(
@@ -304,17 +402,26 @@ def build_engine(
     check_dla_options(dla_core, batches[2] if batches else None, trt.__version__)
 
     start = time.perf_counter()
-    cuda = open_stream(device)  # makes ``device`` current, so TensorRT builds for it
+    cuda = open_stream(device)
     try:
-        serialized, counts = _serialize(onnx_path, info, batches, workspace_gib, cache_path, dla_core, progress)
+        with cuda.current():  # TensorRT builds for the device current on this thread
+            built = _build(onnx_path, info, batches, workspace_gib, cache_path, dla_core, progress)
+            engine_information = _inspect(built.serialized, onnx_path, dla_core)
     finally:
         cuda.close()
     seconds = time.perf_counter() - start
+    counts = layer_precisions(engine_information)
     shortfall = precision_shortfall(info.precision, counts)
     if shortfall:
         log.warning("%s: %s", engine_path, shortfall)
+    placement = None
+    if dla_core is not None and built.dla_capable is not None:
+        placement = DlaPlacement(dla_core, *layers_on_dla(engine_information, built.placement_log), *built.dla_capable)
+        dla_warning = placement.shortfall()
+        if dla_warning:
+            log.warning("%s: %s", engine_path, dla_warning)
 
-    target = EngineTarget(trt.__version__, cuda.info.name, cuda.info.compute_capability)
+    target = EngineTarget(trt.__version__, cuda.info.name, cuda.info.compute_capability, host_platform())
     batch_range = list(batches) if batches else None  # a list, as it reads back from the JSON sidecar
     options = {"workspace_gib": workspace_gib, "dla_core": dla_core, "batch_profile": batch_range, "device": device}
     engine_info = info.replace(
@@ -328,10 +435,11 @@ def build_engine(
                 "precision_warning": shortfall,
                 "build_options": options,
                 "build_seconds": round(seconds, 1),
+                **({"dla": placement.to_dict()} if placement else {}),
             },
         },
     )
     with atomic_path(engine_path) as engine_tmp:  # the engine appears only once its sidecar is written
-        engine_tmp.write_bytes(serialized)
+        engine_tmp.write_bytes(built.serialized)
         write_sidecar(engine_path, engine_info)
-    return EngineResult(engine_path, sidecar_path(engine_path), engine_info, counts, seconds)
+    return EngineResult(engine_path, sidecar_path(engine_path), engine_info, counts, seconds, placement)

@@ -8,11 +8,13 @@ files ``build_engine`` produces.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import sys
 import types
+import weakref
 from enum import IntEnum
 from pathlib import Path
 
@@ -34,13 +36,19 @@ from poet.optimize.engine import (
 )
 from poet.optimize.tensorrt_check import GraphCheckError
 from poet.processing import PreprocessConfig
+from poet.runtime import tensorrt_log
 from poet.runtime.compat import (
     EngineCompatibilityError,
     EngineTarget,
+    HostPlatform,
     TensorRTUnavailable,
     TensorRTVersionError,
     check_compatibility,
+    has_dla,
+    host_platform,
+    l4t_release,
     read_sidecar,
+    rebuild_command,
     require_tensorrt,
     sidecar_path,
     write_sidecar,
@@ -226,6 +234,43 @@ def test_sidecar_without_build_target_is_refused(tmp_path):
         check_compatibility(info, tmp_path / "m.engine", EngineTarget("10.3.0", "Orin", "8.7"))
 
 
+def test_dla_releases_are_a_positive_list():
+    assert [has_dla(v) for v in ("10.0.1", "10.3.0.30", "10.7.0.23", "11.4.1.5")] == [True] * 4
+    assert [has_dla(v) for v in ("10.8.0", "10.13.0.35", "11.0.0", "11.3.0", "11.4.0", "11.5.0")] == [False] * 6
+
+
+def test_rebuild_command_keeps_the_dla_core(tmp_path):
+    info = engine_info().replace(batch=1, max_batch=1)
+    info = info.replace(extra={**info.extra, "tensorrt": {**info.extra["tensorrt"], "build_options": {"dla_core": 1}}})
+    engine = tmp_path / "m.engine"
+    assert (
+        rebuild_command(info, engine) == f"poet-build-engine model.int8-tensorrt.onnx --int8 -o {engine} --dla-core 1"
+    )
+    assert rebuild_command(info, engine, keep_dla=False).endswith(f"--int8 -o {engine}")
+
+
+def test_l4t_release_is_read_from_a_jetsons_release_file(tmp_path):
+    line = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 2025"
+    assert l4t_release(line) == "R36.4.3"
+    (tmp_path / "nv_tegra_release").write_text(line + "\n")
+    assert host_platform(tmp_path / "nv_tegra_release").l4t_release == "R36.4.3"
+    assert host_platform(tmp_path / "absent").l4t_release is None
+
+
+def test_check_compatibility_refuses_another_platform_of_the_same_gpu_generation(tmp_path):
+    """A GH200 (aarch64, 9.0) engine on an x86 H100 (9.0): "serialized engines are not portable across platforms"."""
+    gh200 = HostPlatform("aarch64", "Linux")
+    info = engine_info(gpu="NVIDIA GH200 480GB", capability="9.0")
+    info = info.replace(extra={**info.extra, "tensorrt": {**info.extra["tensorrt"], "platform": gh200.to_dict()}})
+    h100 = EngineTarget("10.3.0", "NVIDIA H100", "9.0", HostPlatform("x86_64", "Linux"))
+    with pytest.raises(EngineCompatibilityError, match="built for Linux aarch64 but this machine is Linux x86_64"):
+        check_compatibility(info, tmp_path / "m.engine", h100)
+    orin = HostPlatform("aarch64", "Linux", "R36.4.3")
+    with pytest.raises(EngineCompatibilityError, match="Linux aarch64 but this machine is Linux aarch64, Jetson L4T"):
+        check_compatibility(info, tmp_path / "m.engine", EngineTarget("10.3.0", "Orin", "9.0", orin))
+    check_compatibility(info, tmp_path / "m.engine", EngineTarget("10.3.0", "NVIDIA GH200 480GB", "9.0", gh200))
+
+
 # --- batch profile and precision accounting ---------------------------------------------------------------------
 
 
@@ -308,21 +353,34 @@ class FakeTensorRT(types.ModuleType):
         def __init__(self) -> None:
             pass
 
-    class Logger:
-        WARNING = 2
+    class ILogger:
+        def __init__(self) -> None:
+            pass
 
-        def __init__(self, level: int) -> None:
-            self.level = level
-
-    def __init__(self, layers_json: str, *, parse_errors: tuple[str, ...] = (), build_fails: bool = False) -> None:
+    def __init__(
+        self,
+        layers_json: str,
+        *,
+        parse_errors: tuple[str, ...] = (),
+        build_fails: bool = False,
+        build_log: tuple[str, ...] = (),
+        dla_capable: int = 0,
+        load_fails: bool = False,
+    ) -> None:
         super().__init__("tensorrt")
         self.__file__ = "fake/tensorrt/__init__.py"
         self.__version__ = "10.3.0"
         fake = self
         self.dla_cores_at_load: list[int] = []
-        self.networks: list = []
+        self.network_flags: list[int] = []
         self.configs: list = []
         self.profiles: list = []
+        self.alive: set[str] = set()  # builder and network objects not yet freed
+        self.alive_at_inspection: set[str] | None = None
+
+        def track(obj, name: str) -> None:
+            fake.alive.add(name)
+            weakref.finalize(obj, fake.alive.discard, name)
 
         class Dims(tuple):
             pass
@@ -330,7 +388,13 @@ class FakeTensorRT(types.ModuleType):
         class Network:
             def __init__(self, flags: int) -> None:
                 self.flags, self.inputs = flags, []
-                fake.networks.append(self)
+                fake.network_flags.append(flags)
+                track(self, "network")
+
+            num_layers = 4
+
+            def get_layer(self, index: int) -> int:
+                return index
 
             @property
             def num_inputs(self) -> int:
@@ -394,6 +458,9 @@ class FakeTensorRT(types.ModuleType):
             def set_flag(self, flag) -> None:
                 self.flags.add(flag)
 
+            def can_run_on_DLA(self, layer: int) -> bool:
+                return layer < dla_capable
+
         class Profile:
             def __init__(self) -> None:
                 self.shapes = {}
@@ -406,7 +473,8 @@ class FakeTensorRT(types.ModuleType):
             num_DLA_cores = 2
 
             def __init__(self, logger) -> None:
-                pass
+                self.logger = logger
+                track(self, "builder")
 
             def create_network(self, flags: int) -> Network:
                 return Network(flags)
@@ -418,7 +486,12 @@ class FakeTensorRT(types.ModuleType):
                 return Profile()
 
             def build_serialized_network(self, network, config) -> bytes | None:
-                return None if build_fails else b"serialized engine"
+                for line in build_log:
+                    self.logger.log(3, line)
+                if build_fails:
+                    self.logger.log(1, "[builderUtils.cpp::build] Error Code 2: Internal Error (out of memory)")
+                    return None
+                return b"serialized engine"
 
         class Runtime:
             DLA_core = -1  # TensorRT's default: the engine lands on core 0
@@ -428,6 +501,9 @@ class FakeTensorRT(types.ModuleType):
 
             def deserialize_cuda_engine(self, data: bytes):
                 fake.dla_cores_at_load.append(self.DLA_core)
+                fake.alive_at_inspection = set(fake.alive)
+                if load_fails:
+                    return None
                 inspector = types.SimpleNamespace(get_engine_information=lambda fmt: layers_json)
                 return types.SimpleNamespace(create_engine_inspector=lambda: inspector)
 
@@ -436,10 +512,12 @@ class FakeTensorRT(types.ModuleType):
 
 @pytest.fixture
 def fake_trt(monkeypatch):
+    monkeypatch.setattr(tensorrt_log, "_logger", None)  # one process-wide logger per stand-in module
+
     def install(layers_json: str = inspector_json("Half", "Half", "Float", key="DataType"), **kwargs) -> FakeTensorRT:
         module = FakeTensorRT(layers_json, **kwargs)
         monkeypatch.setitem(sys.modules, "tensorrt", module)
-        gpu = types.SimpleNamespace(info=DeviceInfo("Orin", "8.7"), close=lambda: None)
+        gpu = types.SimpleNamespace(info=DeviceInfo("Orin", "8.7"), close=lambda: None, current=contextlib.nullcontext)
         monkeypatch.setattr(engine_module, "open_stream", lambda device: gpu)
         return module
 
@@ -452,7 +530,7 @@ def test_build_engine_strongly_typed_with_dynamic_batch_profile(fake_trt, tmp_pa
     engine = tmp_path / "model.engine"
     result = build_engine(onnx_path, engine, max_batch=4, workspace_gib=1.5, progress=False)
 
-    assert [network.flags for network in trt.networks] == [1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)]
+    assert trt.network_flags == [1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)]
     config = trt.configs[0]
     assert config.profiling_verbosity == trt.ProfilingVerbosity.DETAILED
     assert config.pools == {trt.MemoryPoolType.WORKSPACE: int(1.5 * 2**30)}
@@ -474,6 +552,20 @@ def test_build_engine_strongly_typed_with_dynamic_batch_profile(fake_trt, tmp_pa
     check_compatibility(sidecar, engine, EngineTarget("10.3.0", "Orin", "8.7"))
 
 
+def test_build_engine_records_the_platform_and_frees_the_builder_before_inspecting(fake_trt, tmp_path):
+    trt = fake_trt()
+    build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", progress=False)
+    assert trt.alive_at_inspection == set()  # builder and network freed: one engine copy on an 8 GB Orin Nano
+    assert read_sidecar(tmp_path / "m.engine").extra["tensorrt"]["platform"] == host_platform().to_dict()
+
+
+def test_an_engine_that_cannot_be_loaded_back_for_inspection_is_one_error(fake_trt, tmp_path):
+    fake_trt(load_fails=True)
+    with pytest.raises(EngineBuildError, match=r"built an engine from .*m\.onnx but could not load it back"):
+        build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", progress=False)
+    assert not (tmp_path / "m.engine").exists()
+
+
 def test_build_engine_fixed_batch_needs_no_profile(fake_trt, tmp_path):
     trt = fake_trt()
     build_engine(make_onnx(tmp_path / "m.onnx", batch=2), tmp_path / "m.engine", progress=False)
@@ -481,8 +573,58 @@ def test_build_engine_fixed_batch_needs_no_profile(fake_trt, tmp_path):
     assert read_sidecar(tmp_path / "m.engine").batch == 2
 
 
+def test_dla_build_with_no_layer_on_dla_warns_and_records_it(fake_trt, tmp_path, caplog):
+    """TensorRT's fallback to the GPU is silent: an inspector and build log without a DLA layer is said loudly."""
+    fake_trt(
+        inspector_json("Int8 NC/32HW32", "Row major linear FP32"),
+        build_log=("[GpuLayer] CONVOLUTION: /backbone/conv1/Conv", "[GpuLayer] MYELIN: {ForeignNode[/encoder...]}"),
+        dla_capable=3,
+    )
+    with caplog.at_level(logging.WARNING):
+        result = build_engine(
+            make_onnx(tmp_path / "m.onnx", precision="int8", batch=1), tmp_path / "m.engine", dla_core=0, progress=False
+        )
+    assert "NO layer runs on DLA core 0: TensorRT placed all 2 engine layers on the GPU" in caplog.text
+    recorded = read_sidecar(tmp_path / "m.engine").extra["tensorrt"]["dla"]
+    assert recorded == {
+        "core": 0,
+        "dla_layers": 0,
+        "gpu_layers": 2,
+        "network_layers_dla_capable": 3,
+        "network_layers": 4,
+        "warning": result.dla.shortfall(),
+    }
+    assert recorded["warning"].startswith("NO layer runs on DLA core 0")
+
+
+def test_dla_layers_are_counted_from_the_build_log_and_inspector(fake_trt, tmp_path, caplog):
+    layers = {
+        "Layers": [
+            {"Name": "images to nvm", "LayerType": "Reformat", "Inputs": [{"Format/Datatype": "Int8"}]},
+            {"Name": "{ForeignNode[/backbone/conv1/Conv.../backbone/layer4/relu]}", "LayerType": "ForeignNode"},
+            {"Name": "{ForeignNode[/encoder/...]}", "LayerType": "Myelin", "Inputs": [{"Format/Datatype": "Half"}]},
+        ]
+    }
+    fake_trt(
+        json.dumps(layers),
+        build_log=(
+            "---------- Layers Running on DLA ----------",
+            "[DlaLayer] {ForeignNode[/backbone/conv1/Conv.../backbone/layer4/relu]}",
+            "---------- Layers Running on GPU ----------",
+            "[GpuLayer] MYELIN: {ForeignNode[/encoder/...]}",
+        ),
+        dla_capable=1,
+    )
+    with caplog.at_level(logging.WARNING):
+        result = build_engine(
+            make_onnx(tmp_path / "m.onnx", precision="int8", batch=1), tmp_path / "m.engine", dla_core=1, progress=False
+        )
+    assert result.dla is not None and (result.dla.dla_layers, result.dla.gpu_layers) == (1, 2)
+    assert "only 1 of 4 network layers can run on DLA core 1" in caplog.text
+
+
 def test_build_engine_on_dla_with_gpu_fallback(fake_trt, tmp_path):
-    trt = fake_trt(inspector_json("Int8 NC/32HW32", "Row major linear FP32"))
+    trt = fake_trt(inspector_json("Int8 NC/32HW32", "Row major linear FP32"), dla_capable=4)
     onnx_path = make_onnx(tmp_path / "m.onnx", precision="int8", batch=1)
     build_engine(onnx_path, tmp_path / "m.engine", dla_core=1, progress=False)
     config = trt.configs[0]
@@ -526,9 +668,9 @@ def test_every_parser_error_is_reported_and_nothing_written(fake_trt, tmp_path):
     assert not (tmp_path / "m.engine").exists() and not sidecar_path(tmp_path / "m.engine").exists()
 
 
-def test_failed_build_leaves_no_engine(fake_trt, tmp_path):
+def test_failed_build_leaves_no_engine_and_quotes_tensorrt(fake_trt, tmp_path):
     fake_trt(build_fails=True)
-    with pytest.raises(EngineBuildError, match="TensorRT could not build an engine from"):
+    with pytest.raises(EngineBuildError, match=r"could not build an engine from .*TensorRT said: .*out of memory"):
         build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", progress=False)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["m.onnx"]
 
@@ -563,7 +705,7 @@ def test_unwritable_engine_folder_fails_before_building(fake_trt, tmp_path):
     (tmp_path / "taken").write_text("a file where the output folder should be")
     with pytest.raises(OutputError, match=r"cannot write .*taken/m\.engine"):
         build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "taken" / "m.engine", progress=False)
-    assert trt.networks == []
+    assert trt.network_flags == []
 
 
 def test_dla_needs_fixed_shapes_and_a_tensorrt_with_dla(fake_trt, tmp_path):
@@ -574,7 +716,7 @@ def test_dla_needs_fixed_shapes_and_a_tensorrt_with_dla(fake_trt, tmp_path):
     trt.__version__ = "11.2.1"
     with pytest.raises(EngineBuildError, match=r"TensorRT 11\.2\.1 has no DLA support"):
         build_engine(make_onnx(tmp_path / "fixed.onnx", batch=1), tmp_path / "f.engine", dla_core=0, progress=False)
-    assert trt.networks == [] and not list(tmp_path.glob("*.engine"))
+    assert trt.network_flags == [] and not list(tmp_path.glob("*.engine"))
 
 
 def test_dla_refusals_come_before_any_export_in_the_cli(tmp_path, capsys, tiny_checkpoint):
@@ -610,7 +752,7 @@ def test_a_graph_tensorrt_would_refuse_is_stopped_before_the_builder(fake_trt, t
     onnx.save(model, path)
     with pytest.raises(GraphCheckError, match=r"m\.onnx would not parse in TensorRT: .*node 'odd_one' \(Unique\)"):
         build_engine(path, tmp_path / "m.engine", progress=False)
-    assert trt.networks == []
+    assert trt.network_flags == []
 
 
 def test_max_batch_on_a_fixed_batch_onnx_is_refused_at_once(tmp_path, capsys):
