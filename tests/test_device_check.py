@@ -32,11 +32,20 @@ def test_device_check_script_reports_every_row_and_skips_the_gpu_ones_without_cu
     assert {(r["precision"], r["batch"], r["cuda_graph"]) for r in inference} == {
         (p, b, g) for p in ("fp32", "fp16") for b in (1, 2) for g in (False, True)
     }
-    assert {row["name"] for row in rows} == {"torch-inference", "torch-training", "runtime-cuda", "onnxruntime-cpu"}
+    tensorrt = {"tensorrt-graphs", "tensorrt-capture-fallback", "tensorrt-threads"}
+    assert {row["name"] for row in rows} == {
+        "torch-inference",
+        "torch-training",
+        "runtime-cuda",
+        "onnxruntime-cpu",
+        *tensorrt,
+    }
     gpu_rows = [row for row in rows if row["name"] != "onnxruntime-cpu"]
     if not torch.cuda.is_available():
         assert all(row["status"] == "skipped" and row["reason"] for row in gpu_rows)
         assert "SKIPPED: no CUDA device" in result.stdout
+        for row in (row for row in rows if row["name"] in tensorrt):
+            assert row["reason"].startswith("no CUDA device visible to torch") and row["max_batch"] == 4
     assert all(row["status"] != "failed" for row in rows)
     control = next(row for row in rows if row["name"] == "onnxruntime-cpu")
     assert control["status"] == "ok" and 0 < control["p50_ms"] <= control["p99_ms"]

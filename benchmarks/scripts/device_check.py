@@ -3,8 +3,10 @@
 Rows: PyTorch FP32 and FP16 (autocast) inference latency of POET-R50 at 512x512, batch 1 and 8, eager and
 replayed as a CUDA graph; training images/s at batch 8 in float32 and with AMP through the real training loop;
 the runtime's cuda-python buffers, stream and graph (a round trip checked bit for bit, with its copy
-bandwidth); and ONNX Runtime on the CPU on the same model's ONNX export as a control. Without CUDA every GPU
-row is reported as skipped with the reason, and the control still runs. Weights are random unless
+bandwidth); the TensorRT backend on an engine built from the model's export (a graph per batch size against
+padding every batch to the largest, a forced capture failure followed by plain runs, and one estimator shared
+by 8 threads); and ONNX Runtime on the CPU on the same model's ONNX export as a control. Without CUDA (or
+TensorRT) every GPU row is reported as skipped with the reason, and the control still runs. Weights are random unless
 ``--checkpoint`` is given (latency does not depend on them). ``benchmarks/device_check.sh`` runs it from a bare
 checkout.
 
@@ -236,6 +238,168 @@ def runtime_cuda_row(nbytes: int = 8 * 512 * 512 * 3) -> Row:
     }
 
 
+TENSORRT_MAX_BATCH = 4
+# A batch pattern that needs every batch size and a smaller last chunk, as a video's streams ending give.
+BATCH_PATTERN = (4, 4, 1, 3, 2, 4, 1)
+
+
+def tensorrt_reason() -> str | None:
+    """Why the TensorRT rows cannot run here, or None when they can."""
+    reason = cuda_reason()
+    if reason is not None:
+        return reason
+    from poet.runtime.compat import TensorRTUnavailable, require_tensorrt
+
+    try:
+        require_tensorrt()
+    except TensorRTUnavailable as error:
+        return str(error)
+    return None
+
+
+def pattern_inputs(size: int, pad_to: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Float inputs in :data:`BATCH_PATTERN`'s batch sizes, or each padded (unmasked black images) to ``pad_to``."""
+    rng = np.random.default_rng(0)
+    batches = []
+    for count in BATCH_PATTERN:
+        images = rng.normal(size=(count, 3, size, size)).astype(np.float32)
+        mask = np.zeros((count, size, size), bool)
+        if pad_to is not None:
+            images = np.concatenate([images, np.zeros((pad_to - count, 3, size, size), np.float32)])
+            mask = np.concatenate([mask, np.zeros((pad_to - count, size, size), bool)])
+        batches.append((images, mask))
+    return batches
+
+
+def run_pattern(backend: Any, batches: list[tuple[np.ndarray, np.ndarray]], repeats: int) -> tuple[float, list]:
+    """Milliseconds per image over ``repeats`` passes of the pattern (after one untimed pass), and the outputs."""
+    outputs = [backend.infer(images, mask) for images, mask in batches]
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for images, mask in batches:
+            backend.infer(images, mask)
+    images_run = repeats * sum(BATCH_PATTERN)
+    return 1000.0 * (time.perf_counter() - started) / images_run, outputs
+
+
+def outputs_close(first: list, second: list, counts: Sequence[int]) -> bool:
+    return all(
+        np.allclose(a[name][:count], b[name][:count], rtol=1e-3, atol=1e-4)
+        for a, b, count in zip(first, second, counts, strict=True)
+        for name in a
+    )
+
+
+def broken_capture(backend: Any) -> None:
+    """Make every capture of ``backend`` fail as CUDA would (a stream synchronize inside it)."""
+    stream = backend._cuda
+    capture = stream.capture_graph
+
+    def capture_with_sync(enqueue: Callable[[], bool]) -> Any:
+        def broken() -> bool:
+            queued = enqueue()
+            stream._rt.cudaStreamSynchronize(stream._stream)  # invalidates the capture
+            return queued
+
+        return capture(broken)
+
+    stream.capture_graph = capture_with_sync
+
+
+def tensorrt_rows(checkpoint: Path, size: int, repeats: int) -> list[Row]:
+    """The TensorRT backend on an FP32 engine of the model: what the CPU stand-ins cannot show."""
+    names = ("tensorrt-graphs", "tensorrt-capture-fallback", "tensorrt-threads")
+    settings = {"input_size": size, "max_batch": TENSORRT_MAX_BATCH, "pattern": list(BATCH_PATTERN)}
+    reason = tensorrt_reason()
+    if reason is not None:
+        return [skipped(name, reason, **settings) for name in names]
+    from poet.optimize.engine import build_engine
+    from poet.optimize.export import export_onnx
+    from poet.runtime.tensorrt_backend import TensorRTBackend
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            exported = export_onnx(
+                checkpoint, Path(folder) / "model.onnx", batch=None, max_batch=TENSORRT_MAX_BATCH, progress=False
+            )
+            engine = build_engine(exported.path, Path(folder) / "model.engine", progress=False).engine_path
+        except Exception as error:
+            return [failed(name, error, **settings) for name in names]
+        try:  # a graph per batch size seen against padding every batch to the largest, one graph
+            timings: dict[str, float] = {}
+            with TensorRTBackend(engine) as plain:
+                timings["plain_ms_per_image"], reference = run_pattern(plain, pattern_inputs(size), repeats)
+            with TensorRTBackend(engine, cuda_graph=True) as per_batch:
+                timings["graph_per_batch_ms_per_image"], graphed = run_pattern(per_batch, pattern_inputs(size), repeats)
+                graphs = per_batch.graphs
+            with TensorRTBackend(engine, cuda_graph=True) as padded:
+                batches = pattern_inputs(size, pad_to=TENSORRT_MAX_BATCH)
+                timings["padded_graph_ms_per_image"], padded_out = run_pattern(padded, batches, repeats)
+            equal = outputs_close(reference, graphed, BATCH_PATTERN) and outputs_close(
+                reference, padded_out, BATCH_PATTERN
+            )
+            rounded = {key: round(value, 3) for key, value in timings.items()}
+            status = "ok" if equal and graphs == len(set(BATCH_PATTERN)) else "failed"
+            rows.append(
+                {"name": names[0], **settings, **rounded, "graphs": graphs, "outputs_equal": equal, "status": status}
+            )
+        except Exception as error:
+            rows.append(failed(names[0], error, **settings))
+        try:  # a forced capture failure, then plain runs that still give the plain outputs
+            with TensorRTBackend(engine, cuda_graph=True) as backend:
+                broken_capture(backend)
+                _, fallback = run_pattern(backend, pattern_inputs(size), 1)
+                fell_back = not backend.cuda_graph and backend.graphs == 0
+            equal = outputs_close(reference, fallback, BATCH_PATTERN)
+            status = "ok" if equal and fell_back else "failed"
+            rows.append(
+                {"name": names[1], **settings, "fell_back": fell_back, "outputs_equal": equal, "status": status}
+            )
+        except Exception as error:
+            rows.append(failed(names[1], error, **settings))
+        rows.append(threads_row(engine, size, names[2], settings))
+    return rows
+
+
+def threads_row(engine: Path, size: int, name: str, settings: Row) -> Row:
+    """One estimator shared by 8 threads, 3 frames each: every thread's poses equal the single-threaded ones."""
+    import threading
+
+    from poet.runtime import PoseEstimator
+
+    frames = [np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8) for seed in range(8)]
+    try:
+        estimator = PoseEstimator(engine, cuda_graph=True)
+        alone = [estimator.predict_arrays([frame]) for frame in frames]
+        results: dict[int, bool] = {}
+        errors: list[str] = []
+
+        def work(index: int) -> None:
+            try:
+                results[index] = all(estimator.predict_arrays([frames[index]]) == alone[index] for _ in range(3))
+            except Exception as error:
+                errors.append(f"{type(error).__name__}: {error}")
+
+        threads = [threading.Thread(target=work, args=(index,)) for index in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        equal = not errors and all(results.values()) and len(results) == 8
+        estimator.backend.close()
+    except Exception as error:
+        return failed(name, error, **settings)
+    return {
+        "name": name,
+        **settings,
+        "threads": 8,
+        "errors": errors[:1],
+        "poses_equal": equal,
+        "status": "ok" if equal else "failed",
+    }
+
+
 def onnxruntime_row(checkpoint: Path, size: int, iters: int, warmup: int) -> Row:
     """ONNX Runtime on the CPU on the model's FP32 export, against PyTorch on the CPU: latency and agreement."""
     settings = {"precision": "fp32", "batch": 1, "input_size": size, "provider": "CPUExecutionProvider"}
@@ -298,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps (default: 10)")
     parser.add_argument("--iters", type=int, default=50, help="timed GPU forward passes per row (default: 50)")
     parser.add_argument("--cpu-iters", type=int, default=10, help="timed ONNX Runtime CPU runs (default: 10)")
+    parser.add_argument(
+        "--tensorrt-repeats", type=int, default=20, help="timed passes of the TensorRT batch pattern (default: 20)"
+    )
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     started = time.perf_counter()
@@ -312,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = inference_rows(model, args.input_size, batches, args.iters, warmup=10)
         rows.extend(training_rows(args.backbone, args.input_size, args.train_batch, args.train_steps))
         rows.append(runtime_cuda_row())
+        rows.extend(tensorrt_rows(checkpoint, args.input_size, args.tensorrt_repeats))
         rows.append(onnxruntime_row(checkpoint, args.input_size, args.cpu_iters, warmup=2))
     seconds = round(time.perf_counter() - started, 1)
     where = environment()
