@@ -16,6 +16,7 @@ Hungarian would be more code to get right for no gain.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -23,9 +24,17 @@ from functools import partial
 import lap
 import numpy as np
 
-from poet.processing import Pose, keypoint_box
-from poet.runtime.smoothing import BETA, D_CUTOFF, MIN_CUTOFF, MIN_KEYPOINT_SCORE, KeypointSmoother
-from poet.skeleton import OKS_SIGMAS
+from poet.processing import Pose
+from poet.runtime.smoothing import (
+    BETA,
+    D_CUTOFF,
+    MIN_CUTOFF,
+    MIN_KEYPOINT_SCORE,
+    KeypointSmoother,
+    person_box,
+    person_size,
+)
+from poet.skeleton import NUM_KEYPOINTS, OKS_SIGMAS
 
 # Scores of ByteTrack's two stages: poses from HIGH_THRESHOLD up are matched first and start tracks; those from
 # LOW_THRESHOLD up may only continue one (poet-run --track runs the model down to LOW_THRESHOLD for them).
@@ -54,8 +63,8 @@ class _Track:
 
 
 def box_area(box: np.ndarray, keypoints: np.ndarray) -> float:
-    """Area (px²) of ``box``, or of the keypoints' box when ``box`` is empty (a pose built without one)."""
-    x0, y0, x1, y1 = box if box[2] > box[0] and box[3] > box[1] else keypoint_box(keypoints)
+    """Area (px²) of the person's box (:func:`poet.runtime.smoothing.person_box`), at least 1."""
+    x0, y0, x1, y1 = person_box(box, keypoints)
     return max(float((x1 - x0) * (y1 - y0)), 1.0)
 
 
@@ -82,6 +91,36 @@ def assign(similarity: np.ndarray, min_similarity: float) -> list[tuple[int, int
         return []
     _, columns, _ = lap.lapjv(1.0 - similarity, extend_cost=True, cost_limit=1.0 - min_similarity)
     return [(row, int(column)) for row, column in enumerate(columns) if column >= 0]
+
+
+def _checked(index: int, pose: Pose) -> tuple[Pose, bool]:
+    """``pose`` as the tracker can use it, and whether any of its keypoints is finite; a ValueError naming pose
+    ``index`` for what no detection can be.
+
+    A keypoint whose x, y or score is not finite (NaN, Inf) is made unseen in this frame (0, 0 and score 0), so
+    it takes no part in matching and never reaches a smoother: one bad detection cannot poison a track. A box
+    that is not finite counts as none (the keypoints' box stands in).
+    """
+    try:
+        keypoints = np.array(pose.keypoints, dtype=np.float64)
+        box = np.array(pose.box, dtype=np.float64)
+        score = float(pose.score)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"pose {index}: keypoints, box and score must be numbers ({error})") from None
+    if keypoints.shape != (NUM_KEYPOINTS, 3):
+        raise ValueError(
+            f"pose {index}: keypoints must have shape ({NUM_KEYPOINTS}, 3), x, y and score of each COCO keypoint; "
+            f"got shape {keypoints.shape}"
+        )
+    if box.shape != (4,):
+        raise ValueError(f"pose {index}: box must be four numbers (x0, y0, x1, y1); got shape {box.shape}")
+    if not math.isfinite(score):
+        raise ValueError(f"pose {index}: score must be a finite number; got {score}")
+    unseen = ~np.isfinite(keypoints).all(axis=1)
+    keypoints[unseen] = 0.0
+    if not np.isfinite(box).all():
+        box = np.zeros(4)
+    return dataclasses.replace(pose, keypoints=keypoints, box=box, score=score), not unseen.all()
 
 
 class PoseTracker:
@@ -140,15 +179,21 @@ class PoseTracker:
 
         ``timestamp`` is the frame's time in seconds (increasing); None means ``1 / fps`` after the last
         frame. Poses that are neither matched to a track nor start one (scored below ``low_threshold``, or
-        below ``high_threshold`` with no track to continue) are left out of the result.
+        below ``high_threshold`` with no track to continue) are left out of the result. A pose whose keypoints
+        are not ``(17, 3)``, whose score is not finite or whose box is not four numbers is a ValueError naming
+        it; keypoints that are not finite are unseen in this frame (returned as 0, 0 with score 0), and a pose
+        with no finite keypoint is left out.
         """
         time = (0.0 if self._time is None else self._time + 1.0 / self.fps) if timestamp is None else timestamp
         if self._time is not None and time <= self._time:
             raise ValueError(f"timestamps must increase, got {time} after {self._time}")
+        checked = [_checked(index, pose) for index, pose in enumerate(poses)]
+        poses = [pose for pose, _ in checked]
+        usable = [index for index, (_, finite) in enumerate(checked) if finite]
         self._time = time
 
-        high = [i for i, pose in enumerate(poses) if pose.score >= self.high_threshold]
-        low = [i for i, pose in enumerate(poses) if self.low_threshold <= pose.score < self.high_threshold]
+        high = [i for i in usable if poses[i].score >= self.high_threshold]
+        low = [i for i in usable if self.low_threshold <= poses[i].score < self.high_threshold]
         matches = self._match(poses, high, list(range(len(self._tracks))), time)
         first_stage = set(matches.values())
         matches.update(self._match(poses, low, [t for t in range(len(self._tracks)) if t not in first_stage], time))
@@ -166,7 +211,10 @@ class PoseTracker:
                 track = self._start(pose, time)
             else:
                 continue
-            keypoints = pose.keypoints if track.smoother is None else track.smoother(pose.keypoints, time)
+            if track.smoother is None:
+                keypoints = pose.keypoints
+            else:
+                keypoints = track.smoother(pose.keypoints, time, person_size(pose.box, pose.keypoints))
             tracked.append(dataclasses.replace(pose, keypoints=keypoints, track_id=track.track_id))
         self._tracks = [track for track in self._tracks if track.missed <= self.max_missed]
         return tracked

@@ -157,8 +157,9 @@ def test_one_euro_reduces_jitter_without_adding_error():
     times = np.arange(150) / 30.0
     truth = 200.0 + 30.0 * times[:, None, None] + np.zeros((1, 17, 2))  # a slow walk: 30 px/s
     noisy = truth + rng.normal(0.0, 2.0, truth.shape)
+    size = 170.0  # px: the person walks at 0.18 of their height a second
     one_euro = OneEuroFilter()
-    filtered = np.stack([one_euro(values, t) for values, t in zip(noisy, times, strict=True)])
+    filtered = np.stack([one_euro(values, t, scale=size) for values, t in zip(noisy, times, strict=True)])
 
     def jitter(track: np.ndarray) -> float:
         return float(np.abs(np.diff(track[30:], n=2, axis=0)).mean())
@@ -169,8 +170,8 @@ def test_one_euro_reduces_jitter_without_adding_error():
     # The defaults smooth only as far as walking people are not lagged behind (tracking.py --tune): a quarter off.
     assert jitter(filtered) < 0.8 * jitter(noisy)
     assert error(filtered) <= error(noisy)
-    stronger = OneEuroFilter(min_cutoff=1.0, beta=0.05)
-    smoothed = np.stack([stronger(values, t) for values, t in zip(noisy, times, strict=True)])
+    stronger = OneEuroFilter(min_cutoff=1.0, beta=5.0)
+    smoothed = np.stack([stronger(values, t, scale=size) for values, t in zip(noisy, times, strict=True)])
     assert jitter(smoothed) < 0.5 * jitter(noisy)
 
 
@@ -196,3 +197,60 @@ def test_pose_to_dict_has_track_id_only_when_set():
     pose = Pose(keypoints=np.zeros((17, 3)), score=0.9)
     assert "track_id" not in pose.to_dict()
     assert Pose(keypoints=np.zeros((17, 3)), score=0.9, track_id=7).to_dict() == {**pose.to_dict(), "track_id": 7}
+
+
+def walk(scale: float, seed: int = 3, frames: int = 90) -> list[Pose]:
+    """One person walking at 1 px a frame with 1 px of noise, everything (size, speed, noise) times ``scale``."""
+    rng = np.random.default_rng(seed)
+    poses = []
+    for f in range(frames):
+        pose = person(200 + f, 300, rng)
+        keypoints = pose.keypoints.copy()
+        keypoints[:, :2] *= scale
+        poses.append(Pose(keypoints=keypoints, score=0.9, box=pose.box * scale))
+    return poses
+
+
+def test_smoothing_is_the_same_at_every_image_size():
+    """Speeds are in person sizes per second: the same scene 8 times larger is smoothed 8 times larger."""
+    small, large = PoseTracker(), PoseTracker()
+    for pose_small, pose_large in zip(walk(1.0), walk(8.0), strict=True):
+        (out_small,) = small.update([pose_small])
+        (out_large,) = large.update([pose_large])
+        np.testing.assert_allclose(out_large.keypoints[:, :2], 8.0 * out_small.keypoints[:, :2], rtol=1e-9)
+
+
+def test_a_detection_with_non_finite_keypoints_cannot_poison_its_track():
+    poses = walk(1.0)
+    bad = poses[30].keypoints.copy()
+    bad[3, 0], bad[5, 1], bad[7, 2] = np.nan, np.inf, np.nan
+    poses[30] = Pose(keypoints=bad, score=0.9, box=poses[30].box)
+    poses[31] = Pose(keypoints=np.full((17, 3), np.nan), score=0.9, box=np.full(4, np.nan))
+    tracker = PoseTracker()
+    outputs = [tracker.update([pose]) for pose in poses]
+    assert outputs[31] == []  # nothing to track there
+    del outputs[31]
+    assert all(len(out) == 1 and out[0].track_id == 1 for out in outputs)
+    assert all(np.isfinite(out[0].keypoints).all() for out in outputs)
+    assert np.array_equal(outputs[30][0].keypoints[[3, 5, 7]], np.zeros((3, 3)))  # unseen in that frame
+    # From the next good frame on the track smooths as if the bad keypoints had only been missed.
+    np.testing.assert_allclose(outputs[-1][0].keypoints[:, :2], poses[-1].keypoints[:, :2], atol=3.0)
+
+
+@pytest.mark.parametrize(
+    ("pose", "message"),
+    [
+        (
+            Pose(keypoints=np.zeros((16, 3)), score=0.9),
+            r"pose 1: keypoints must have shape \(17, 3\).*got shape \(16, 3\)",
+        ),
+        (Pose(keypoints=np.zeros((17, 2)), score=0.9), r"pose 1: keypoints must have shape \(17, 3\)"),
+        (Pose(keypoints=np.zeros((17, 3)), score=float("nan")), "pose 1: score must be a finite number; got nan"),
+        (Pose(keypoints=np.zeros((17, 3)), score=0.9, box=np.zeros(3)), r"pose 1: box must be four numbers"),
+        (Pose(keypoints="seventeen", score=0.9), "pose 1: keypoints, box and score must be numbers"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_pose_of_the_wrong_shape_or_score_is_one_clear_error(pose, message):
+    good = person(100, 200, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=message):
+        PoseTracker().update([good, pose])
