@@ -33,12 +33,13 @@ from poet.synthetic import generate_videos
 
 MATCH_OKS = 0.5
 DEFAULT_MODEL = Path("runs/quickstart/variants/model.onnx")
-# The videos the quickstart model can see: its training images were 128x128, people at least half the image tall.
-VIDEO_SIZE = (128, 128)
+# The videos the quickstart model can see: people at least half the image tall, as in its 128x128 training images;
+# larger videos are letterboxed down to its input, so their keypoints carry the same noise in more pixels.
+VIDEO_SIZES = (128, 512)
 VIDEO_MIN_HEIGHT = 0.5
 VIDEO_MAX_PEOPLE = 3
-MIN_CUTOFFS = (0.5, 1.0, 2.0, 4.0, 8.0)
-BETAS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+MIN_CUTOFFS = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+BETAS = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
 
 # One frame's people: id -> (17, 3) keypoints; for the truth also id -> box area.
 People = dict[int, np.ndarray]
@@ -189,10 +190,131 @@ def tune(
     return grid
 
 
+@dataclass
+class SizeFigures:
+    """What one video size gave: MOT scores per id row, keypoint figures raw and smoothed, and the tuning grid."""
+
+    size: int
+    frames: int
+    people: int
+    mot: dict[str, dict[str, float]]
+    matched: int
+    runs: int
+    raw: dict[str, float]
+    smoothed: dict[str, float]
+    grid: list[tuple[float, float, dict[str, float]]]
+
+
+def measure(model: Path, folder: Path, size: int, args: argparse.Namespace) -> SizeFigures:
+    """Every figure on ``args.count`` videos of ``size`` x ``size`` (made into ``folder`` unless ``--videos``)."""
+    if args.videos is None:
+        generate_videos(
+            folder,
+            args.count,
+            args.frames,
+            image_size=(size, size),
+            max_people=VIDEO_MAX_PEOPLE,
+            min_height=VIDEO_MIN_HEIGHT,
+            seed=args.seed,
+            progress=False,
+        )
+    else:
+        folder = args.videos
+    videos = [load_sequence(path) for path in sorted(folder.iterdir()) if (path / "seqinfo.ini").is_file()]
+    detections = detect(model, videos)
+    threshold = args.score_threshold
+    fps = [video.fps for video in videos]
+    raw = [track(d, rate, threshold, smooth=False) for d, rate in zip(detections, fps, strict=True)]
+    smooth = [track(d, rate, threshold) for d, rate in zip(detections, fps, strict=True)]
+    rows = {
+        f"PoseTracker, output from {threshold:g} (poet-run --track)": [
+            [[p for p in f if p.score >= threshold] for f in v] for v in smooth
+        ],
+        f"PoseTracker, every tracked pose (down to {min(threshold, LOW_THRESHOLD):g})": smooth,
+        "ids by detection order": [by_detection_order(d, threshold) for d in detections],
+    }
+    followed = follow(videos, raw)
+    return SizeFigures(
+        size=size or videos[0].frames[0].shape[1],
+        frames=sum(len(video.frames) for video in videos),
+        people=len({(v, i) for v, video in enumerate(videos) for truth in video.truth for i in truth}),
+        mot={name: mot_scores(videos, hypotheses) for name, hypotheses in rows.items()},
+        matched=len(followed.matches),
+        runs=len(followed.runs),
+        raw=keypoint_figures(videos, raw, followed),
+        smoothed=keypoint_figures(videos, smooth, followed),
+        grid=tune(videos, detections, threshold, followed) if args.tune else [],
+    )
+
+
+def print_size(figures: SizeFigures) -> None:
+    size = figures.size
+    print(f"\n### {size}x{size}: {figures.frames} frames, {figures.people} people\n")
+    print("| ids | MOTA | IDF1 | ID switches | per 1,000 frames | misses | false positives |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, m in figures.mot.items():
+        print(
+            f"| {name} | {m['mota']:.3f} | {m['idf1']:.3f} | {m['num_switches']:.0f} | {m['switches_per_1000']:.1f} "
+            f"| {m['num_misses']:.0f} | {m['num_false_positives']:.0f} |"
+        )
+    raw, smoothed = figures.raw, figures.smoothed
+    print(
+        f"\nkeypoints of {figures.matched} matched poses, jitter over {figures.runs} three-frame runs "
+        f"(the truth's own jitter, from walking: {raw['truth_jitter']:.3f} px/frame²)\n"
+    )
+    print("| keypoints | jitter px/frame² | error px | jitter / raw | error / raw |\n|---|---:|---:|---:|---:|")
+    print(f"| raw | {raw['jitter']:.3f} | {raw['error']:.3f} | 1.00 | 1.000 |")
+    print(
+        f"| One-Euro (min_cutoff {MIN_CUTOFF:g}, beta {BETA:g}) | {smoothed['jitter']:.3f} | {smoothed['error']:.3f} "
+        f"| {smoothed['jitter'] / raw['jitter']:.2f} | {smoothed['error'] / raw['error']:.3f} |"
+    )
+    if figures.grid:
+        print("\n| min_cutoff \\ beta | " + " | ".join(f"{beta:g}" for beta in BETAS) + " |")
+        print("|---|" + "---:|" * len(BETAS))
+        for min_cutoff in MIN_CUTOFFS:
+            cells = [
+                f"{g['jitter'] / raw['jitter']:.2f} / {g['error'] / raw['error']:.3f}"
+                for m, _, g in figures.grid
+                if m == min_cutoff
+            ]
+            print(f"| {min_cutoff:g} | " + " | ".join(cells) + " |")
+        print("(jitter / raw jitter, error / raw error)")
+
+
+def print_choice(sizes: Sequence[SizeFigures]) -> None:
+    """The settings that hold at every size: the least worst-case jitter with the error at most raw's everywhere."""
+    worst = []
+    for index, (min_cutoff, beta, _) in enumerate(sizes[0].grid):
+        jitter = max(s.grid[index][2]["jitter"] / s.raw["jitter"] for s in sizes)
+        error = max(s.grid[index][2]["error"] / s.raw["error"] for s in sizes)
+        worst.append((min_cutoff, beta, jitter, error))
+    print("\nover every size, worst case (jitter / raw, error / raw):")
+    kept = [entry for entry in worst if entry[3] <= 1.0]
+    choices = {"least error": min(worst, key=lambda entry: entry[3])}
+    if kept:
+        choices["least jitter, error at most raw's"] = min(kept, key=lambda entry: entry[2])
+    target = [entry for entry in kept if entry[2] <= 0.5]
+    choices["jitter at most half of raw's, least error"] = min(
+        [entry for entry in worst if entry[2] <= 0.5] or worst, key=lambda entry: entry[3]
+    )
+    for what, (min_cutoff, beta, jitter, error) in choices.items():
+        print(f"{what}: min_cutoff {min_cutoff:g}, beta {beta:g}: {jitter:.2f} / {error:.3f}")
+    print(f"settings reaching both targets (jitter <= 0.5 raw, error <= raw) at every size: {len(target)}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"poet-edge model (default: {DEFAULT_MODEL})")
     parser.add_argument("--videos", type=Path, help="poet-synth --videos folder (default: made here, see --count)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=list(VIDEO_SIZES),
+        metavar="PX",
+        help="side of the square videos made, one run each (default: %(default)s): the same people at every "
+        "size, so the smoothing's defaults can be seen to hold at each",
+    )
     parser.add_argument("--count", type=int, default=8, help="videos to make without --videos (default: 8)")
     parser.add_argument("--frames", type=int, default=300, help="frames per video made (default: 300, 10 s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the videos made (default: 0)")
@@ -201,71 +323,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--tune", action="store_true", help="also smooth with every (min_cutoff, beta) of the grid")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as temp:
-        folder = args.videos
-        if folder is None:
-            folder = Path(temp)
-            generate_videos(
-                folder,
-                args.count,
-                args.frames,
-                image_size=VIDEO_SIZE,
-                max_people=VIDEO_MAX_PEOPLE,
-                min_height=VIDEO_MIN_HEIGHT,
-                seed=args.seed,
-                progress=False,
-            )
-        videos = [load_sequence(path) for path in sorted(folder.iterdir()) if (path / "seqinfo.ini").is_file()]
-    detections = detect(args.model, videos)
     threshold = args.score_threshold
-    fps = [video.fps for video in videos]
-    raw = [track(d, rate, threshold, smooth=False) for d, rate in zip(detections, fps, strict=True)]
-    smooth = [track(d, rate, threshold) for d, rate in zip(detections, fps, strict=True)]
-    frames = sum(len(video.frames) for video in videos)
-    people = len({(v, i) for v, video in enumerate(videos) for truth in video.truth for i in truth})
     print(
-        f"{args.model} on {len(videos)} synthetic videos, {frames} frames, {people} people (seed {args.seed}); "
+        f"{args.model} on {args.count} synthetic videos of {args.frames} frames a size (seed {args.seed}); "
         f"--score-threshold {threshold:g}, model run down to {min(threshold, LOW_THRESHOLD):g}; match at OKS >= "
-        f"{MATCH_OKS:g}\n"
+        f"{MATCH_OKS:g}"
     )
-    rows = {
-        f"PoseTracker, output from {threshold:g} (poet-run --track)": [
-            [[p for p in f if p.score >= threshold] for f in v] for v in smooth
-        ],
-        f"PoseTracker, every tracked pose (down to {min(threshold, LOW_THRESHOLD):g})": smooth,
-        "ids by detection order": [by_detection_order(d, threshold) for d in detections],
-    }
-    print("| ids | MOTA | IDF1 | ID switches | per 1,000 frames | misses | false positives |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, hypotheses in rows.items():
-        m = mot_scores(videos, hypotheses)
-        print(
-            f"| {name} | {m['mota']:.3f} | {m['idf1']:.3f} | {m['num_switches']:.0f} | {m['switches_per_1000']:.1f} "
-            f"| {m['num_misses']:.0f} | {m['num_false_positives']:.0f} |"
-        )
-    followed = follow(videos, raw)
-    before, after = keypoint_figures(videos, raw, followed), keypoint_figures(videos, smooth, followed)
-    print(
-        f"\nkeypoints of {len(followed.matches)} matched poses, jitter over {len(followed.runs)} three-frame runs "
-        f"(the truth's own jitter, from walking: {before['truth_jitter']:.3f} px/frame²)\n"
-    )
-    print("| keypoints | jitter px/frame² | error px |\n|---|---:|---:|")
-    print(f"| raw | {before['jitter']:.3f} | {before['error']:.3f} |")
-    print(f"| One-Euro (min_cutoff {MIN_CUTOFF:g}, beta {BETA:g}) | {after['jitter']:.3f} | {after['error']:.3f} |")
+    sizes = []
+    for size in [0] if args.videos is not None else args.sizes:
+        with tempfile.TemporaryDirectory() as temp:
+            figures = measure(args.model, Path(temp), size, args)
+        print_size(figures)
+        sizes.append(figures)
     if args.tune:
-        grid = tune(videos, detections, threshold, followed)
-        print("\n| min_cutoff \\ beta | " + " | ".join(f"{beta:g}" for beta in BETAS) + " |")
-        print("|---|" + "---:|" * len(BETAS))
-        for min_cutoff in MIN_CUTOFFS:
-            cells = [f"{g['jitter']:.3f} / {g['error']:.3f}" for m, _, g in grid if m == min_cutoff]
-            print(f"| {min_cutoff:g} | " + " | ".join(cells) + " |")
-        kept = [entry for entry in grid if entry[2]["error"] <= before["error"]]
-        print(f"(jitter / error, px; raw: {before['jitter']:.3f} / {before['error']:.3f})")
-        choices = {"least error": min(grid, key=lambda entry: entry[2]["error"])}
-        if kept:
-            choices["least jitter, error at most raw's"] = min(kept, key=lambda entry: entry[2]["jitter"])
-        for what, (min_cutoff, beta, figures) in choices.items():
-            print(f"{what}: min_cutoff {min_cutoff:g}, beta {beta:g}: {figures['jitter']:.3f} / {figures['error']:.3f}")
+        print_choice(sizes)
 
 
 if __name__ == "__main__":
