@@ -39,6 +39,7 @@ class Case:
     text: str = ""  # must appear in the output
     writes: list[str] = field(default_factory=list)  # must exist afterwards (relative to the case folder)
     writes_nothing: bool = False  # the case folder must stay empty
+    keeps: list[str] = field(default_factory=list)  # files the setup made that must stay byte-identical
     setup: Callable[[Path], None] | None = None
     needs_root: bool = False
     env: dict[str, str] = field(default_factory=dict)
@@ -91,6 +92,21 @@ def build_fixtures(root: Path) -> None:
     (root / "mixed").mkdir()
     shutil.copy(photos[1], root / "mixed" / "y.jpg")
     import cv2
+
+    (root / "half-bad").mkdir()
+    shutil.copy(photos[0], root / "half-bad" / "a.jpg")
+    (root / "half-bad" / "b.jpg").write_text("not an image\n")
+    shutil.copy(photos[1], root / "half-bad" / "c.jpg")
+    (root / "all-bad").mkdir()
+    for name in ("a.jpg", "b.png"):
+        (root / "all-bad" / name).write_bytes(np.random.default_rng(3).bytes(500))
+    shutil.copytree(COCO, root / "coco-one-bad")
+    listed = json.loads((COCO / "annotations" / VAL).read_text())["images"]
+    (root / "coco-one-bad" / "val2017" / min(listed, key=lambda e: e["id"])["file_name"]).write_bytes(b"cut")
+    writer = cv2.VideoWriter(str(root / "clip.avi"), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (320, 240))
+    for index in range(24):
+        writer.write(cv2.resize(cv2.imread(str(photos[index % len(photos)])), (320, 240)))
+    writer.release()
 
     shutil.copy(photos[2], root / "mixed" / "y.png")  # a JPEG named .png: decoders read the content
     shutil.copy(photos[0], root / "fötö ü.jpg")
@@ -155,12 +171,40 @@ def ro_mount(path: Path) -> Callable[[Path], None]:
     return setup
 
 
-def full_mount(path: Path, size: str = "300k") -> Callable[[Path], None]:
+def full_mount(path: Path, size: str = "300k", earlier: str | None = None) -> Callable[[Path], None]:
+    """A small tmpfs at ``path``; ``earlier``: a small video written there first, as a previous run's output."""
+
     def setup(case: Path) -> None:
         (case / path).mkdir(parents=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(case / path)], check=True)
+        if earlier is not None:
+            import cv2
+
+            writer = cv2.VideoWriter(str(case / path / earlier), cv2.VideoWriter.fourcc(*"mp4v"), 10.0, (64, 48))
+            for _ in range(3):
+                writer.write(np.zeros((48, 64, 3), np.uint8))
+            writer.release()
 
     return setup
+
+
+TRACKER = """
+import numpy as np
+from poet.processing import Pose
+from poet.runtime import PoseTracker
+tracker, rng = PoseTracker(), np.random.default_rng(0)
+figure = np.column_stack([rng.uniform(0, 80, (17, 2)), np.full(17, 0.9)])
+for frame in range(40):
+    keypoints = figure + [frame, 0, 0] + np.column_stack([rng.normal(0, 1, (17, 2)), np.zeros(17)])
+    if frame == 10:
+        keypoints[:4, :2] = np.nan
+    (pose,) = tracker.update([Pose(keypoints, 0.9, np.array([0, 0, 80 + frame, 80.0]))])
+    assert np.isfinite(pose.keypoints).all() and pose.track_id == 1, (frame, pose)
+try:
+    tracker.update([Pose(np.zeros((16, 3)), 0.9)])
+except ValueError as error:
+    print(f"NaN keypoints: 40 finite frames on one track; (16, 3) keypoints: {error}")
+"""
 
 
 THREADS = """
@@ -250,6 +294,42 @@ def cases(fx: Path) -> list[Case]:
             "input", "poet-predict: truncated checkpoint", ["poet-predict", one, "--checkpoint", f"{fx}/truncated.pth"]
         ),
         Case("input", "poet-predict: corrupt image", ["poet-predict", f"{fx}/corrupt.jpg", "--checkpoint", ckpt]),
+        Case(
+            "input",
+            "poet-predict: a folder with a file that is not an image",
+            ["poet-predict", f"{fx}/half-bad", "--checkpoint", ckpt, "-o", "out", "--no-progress"],
+            code=0,
+            text="1 unreadable image skipped",
+            writes=["out/a_poses.png", "out/c_poses.png", "out/poses.json"],
+        ),
+        Case(
+            "input",
+            "poet-predict: a folder of unreadable files",
+            ["poet-predict", f"{fx}/all-bad", "--checkpoint", ckpt, "-o", "out", "--no-progress"],
+            text="none of the 2 images",
+            writes_nothing=True,
+        ),
+        Case(
+            "input",
+            "poet-run: a folder of unreadable files",
+            [*run, f"{fx}/all-bad", "--model", onnx_model, "--jsonl", "p.jsonl"],
+            text="none of the 2 images",
+            writes_nothing=True,
+        ),
+        Case(
+            "input",
+            "poet-eval: an unreadable image in the image folder",
+            [*ev(f"{data}/annotations/{VAL}")[:-2], f"{fx}/coco-one-bad/val2017", "--no-progress"],
+            code=0,
+            text="could not be read and were skipped",
+        ),
+        Case(
+            "input",
+            "PoseTracker: NaN keypoints, then (16, 3) keypoints",
+            [sys.executable, "-c", TRACKER],
+            code=0,
+            text="pose 0: keypoints must have shape (17, 3)",
+        ),
         Case("input", "poet-eval: missing checkpoint", ["poet-eval", f"{fx}/nope.pth", "--data", data]),
         Case("input", "poet-eval: missing data folder", ["poet-eval", ckpt, "--data", f"{fx}/nope"]),
         Case("input", "poet-export: missing checkpoint", ["poet-export", f"{fx}/nope.pth", "-o", "m.onnx"]),
@@ -420,6 +500,38 @@ def cases(fx: Path) -> list[Case]:
             setup=full_mount(Path("full"), "64k"),
             needs_root=True,
         ),
+        Case(
+            "output",
+            "poet-run: --save-video fills the disk, an earlier video there",
+            [*run, f"{fx}/clip.avi", "--model", onnx_model, "--save-video", "full/v.mp4"],
+            text="no space left on device",
+            setup=full_mount(Path("full"), "96k", earlier="v.mp4"),
+            keeps=["full/v.mp4"],
+            needs_root=True,
+        ),
+        Case(
+            "output",
+            "poet-train: disk full while writing the checkpoint",
+            [
+                *["poet-train", "--data", data, "--output-dir", "full", "--epochs", "1", "--eval-every", "0"],
+                *["--input-size", "96", "96", "--batch-size", "4", "--num-workers", "0", "--no-progress"],
+                *[
+                    "--no-tensorboard",
+                    "--backbone",
+                    "resnet18",
+                    "--backbone-width",
+                    "8",
+                    "--hidden-dim",
+                    "32",
+                    "--nheads",
+                    "2",
+                ],
+                *["--enc-layers", "1", "--dec-layers", "2", "--dim-feedforward", "64", "--num-queries", "8"],
+            ],
+            text="no space left on device: torch.save failed",
+            setup=full_mount(Path("full"), "1024k"),
+            needs_root=True,
+        ),
         # --- odd but valid inputs
         Case("valid", "poet-run: non-ASCII file name", [*run, str(fx / "fötö ü.jpg"), "--model", onnx_model], code=0),
         Case("valid", "poet-run: 1x1 image", [*run, str(fx / "tiny-1px.png"), "--model", onnx_model], code=0),
@@ -478,6 +590,7 @@ def run_case(case: Case, folder: Path, fixtures: Path, is_root: bool) -> tuple[b
         case.setup(folder)
         mounts = [path for path in folder.iterdir() if os.path.ismount(path)]
     before = digest_tree(fixtures)
+    kept = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in case.keeps}
     listed_before = {path.name for path in folder.iterdir()}
     env = {**os.environ, **case.env, "PYTHONUNBUFFERED": "1"}
     try:
@@ -510,6 +623,9 @@ def run_case(case: Case, folder: Path, fixtures: Path, is_root: bool) -> tuple[b
             problems += [f"wrote {name}" for name in made]
         if digest_tree(fixtures) != before:
             problems.append("an input changed")
+        for name, digest in kept.items():
+            if not (folder / name).is_file() or hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
+                problems.append(f"{name} was not kept")
         out_lines = out.strip().splitlines()
         last = out_lines[-1] if code == 0 and out_lines else (lines[-1] if lines else "")
         observed = f"exit {code}: {last}"
