@@ -387,8 +387,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", input_size:
 
 # torch.save writes through its C++ stream writer, whose failures (a full disk, an I/O error) are RuntimeErrors,
 # not OSErrors: "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534", "PytorchStreamWriter
-# failed writing file data/0: file write failed".
-_WRITER_FAILURES = ("inline_container", "PytorchStreamWriter")
+# failed writing file data/0: file write failed", and from the C++ stream itself "basic_ios::clear: iostream error".
+_WRITER_FAILURES = ("inline_container", "PytorchStreamWriter", "basic_ios::clear")
 
 
 def save_checkpoint(path: str | Path, model: POET, **extra: Any) -> None:
