@@ -45,6 +45,7 @@ COMMANDS: dict[str, Command] = {
     "poet-export": Command("poet.optimize.cli:main", ("optimize",), "ONNX export with FP16 and INT8 variants"),
     "poet-build-engine": Command("poet.optimize.build_cli:main", ("tensorrt",), "TensorRT engine from an ONNX"),
     "poet-bench": Command("poet.benchmarks.bench:main", ("bench",), "latency beside OKS AP for every variant"),
+    "poet-serve": Command("poet.runtime.serve_cli:main", ("serve",), "a Triton Inference Server for an exported model"),
 }
 
 
@@ -256,3 +257,4 @@ poet_train = functools.partial(launch, "poet-train")
 poet_export = functools.partial(launch, "poet-export")
 poet_build_engine = functools.partial(launch, "poet-build-engine")
 poet_bench = functools.partial(launch, "poet-bench")
+poet_serve = functools.partial(launch, "poet-serve")

@@ -30,6 +30,11 @@ class BackendError(PoetError, ValueError):
     """
 
 
+class ServerError(PoetError):
+    """A Triton Inference Server that cannot be reached, does not serve the model asked for, or fails a request;
+    or a server that cannot start (its port taken)."""
+
+
 class OutputError(PoetError):
     """An output path that cannot be written (a file where a folder should be, no permission, a read-only disk)."""
 

@@ -26,6 +26,8 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "bench": ("benchmark", (*_OPTIMIZE, "matplotlib")),
     "tensorrt": ("TensorRT", ("tensorrt", "cuda", "onnx")),
     "openvino": ("OpenVINO", ("openvino",)),
+    "client": ("Triton client", ("tritonclient",)),
+    "serve": ("Triton server", ("pytriton", "tritonclient")),
 }
 
 
