@@ -8,6 +8,7 @@ users need neither TensorRT, CUDA nor OpenVINO.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,7 +99,7 @@ Shape = Sequence[Any] | None  # ints for fixed dimensions, names or None for sym
 
 
 def check_graph_io(
-    path: Path, info: ModelInfo, inputs: dict[str, tuple[str, Shape]], outputs: dict[str, Shape]
+    path: str | Path, info: ModelInfo, inputs: dict[str, tuple[str, Shape]], outputs: dict[str, Shape]
 ) -> None:
     """Fail at load time, naming the file, if the graph's inputs or outputs disagree with its own metadata.
 
@@ -142,7 +143,13 @@ def check_graph_io(
 
 
 def _check_shape(
-    path: Path, info: ModelInfo, role: str, name: str, actual: Shape, expected: list[Any], skip_batch: bool = False
+    path: str | Path,
+    info: ModelInfo,
+    role: str,
+    name: str,
+    actual: Shape,
+    expected: list[Any],
+    skip_batch: bool = False,
 ) -> None:
     """The graph's ``actual`` shape (ints, symbolic names or None) against the metadata's ``expected``."""
     if not actual:  # no shape recorded in the graph: nothing to compare
@@ -209,14 +216,20 @@ def load_backend(
     device: int = 0,
     cuda_graph: bool = False,
     precision: str | None = None,
+    timeout: float | None = None,
 ) -> Backend:
-    """Open a model with the backend its suffix (or ``backend``) names.
+    """Open a model with the backend its suffix (or ``backend``) names, or the model a Triton URL names.
 
     ``threads`` applies to ONNX Runtime and OpenVINO; ``providers`` and ``spinning`` (False: ORT's idle
     threads sleep, leaving the cores to other work) to ONNX Runtime; ``device`` and ``cuda_graph`` to
     TensorRT; ``precision`` (``fp32``, the default, or ``bf16``) is OpenVINO's precision for float ops. ONNX
     Runtime and TensorRT run the precision their file was made in, so they take no ``precision``.
+    ``grpc://HOST:PORT/NAME`` or ``http://HOST:PORT/NAME`` runs on that server, whose backend and precision
+    were chosen when it started (``poet-serve --backend/--precision``); ``timeout`` bounds each of its requests
+    in seconds.
     """
+    if isinstance(path, str) and is_model_url(path):
+        return _remote_backend(path, backend, threads=threads, precision=precision, timeout=timeout)
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model {path} not found")
@@ -235,3 +248,24 @@ def load_backend(
     from poet.runtime.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(path, device=device, cuda_graph=cuda_graph)
+
+
+def is_model_url(model: object) -> bool:
+    """Whether ``model`` is a URL (``scheme://...``) rather than a file path: only a string can be."""
+    return isinstance(model, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", model) is not None
+
+
+def _remote_backend(
+    url: str, backend: str, *, threads: int | None, precision: str | None, timeout: float | None
+) -> Backend:
+    """The served model at ``url``; the options that choose how a local model runs are refused for it."""
+    chosen = {"backend": backend if backend != "auto" else None, "precision": precision, "threads": threads}
+    for option, value in chosen.items():
+        if value is not None:
+            raise BackendError(
+                f"{option} {value!r} does not apply to the served model {url}: the server chose its backend, "
+                "precision and threads when it started (poet-serve --backend, --precision, --threads)"
+            )
+    from poet.runtime.triton_backend import TritonBackend
+
+    return TritonBackend(url, timeout=timeout)

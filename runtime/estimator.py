@@ -26,8 +26,11 @@ class PoseEstimator:
     CUDA, CPU, whichever are installed, unless ``providers`` lists them), ``.engine``/``.plan`` ->
     TensorRT (the engine's JSON sidecar is checked against this GPU and TensorRT first), ``.xml`` ->
     OpenVINO. ``backend="openvino"`` runs an ``.onnx`` in OpenVINO on the CPU, in ``precision`` ``fp32``
-    (the default) or ``bf16``. Letterbox size, normalisation and channel order come from the model's
-    :class:`ModelInfo`, so poses match the trained model.
+    (the default) or ``bf16``. ``"grpc://HOST:PORT/NAME"`` or ``"http://HOST:PORT/NAME"`` runs inference on
+    that Triton Inference Server (``poet-serve``, or NVIDIA's container with a repository ``poet-serve
+    --write-repository`` wrote), each request bounded by ``timeout`` seconds; letterboxing and decoding stay
+    here. Letterbox size, normalisation and channel order come from the model's :class:`ModelInfo` (for a URL,
+    from the served model's config), so poses match the trained model.
 
     Safe to share between threads: the reusable uint8 input buffers are per thread, ONNX Runtime runs
     concurrent calls on one session, OpenVINO gives each thread its own infer request, and backends that
@@ -50,6 +53,7 @@ class PoseEstimator:
         device: int = 0,
         cuda_graph: bool = False,
         precision: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.backend: Backend = load_backend(
             path,
@@ -60,6 +64,7 @@ class PoseEstimator:
             device=device,
             cuda_graph=cuda_graph,
             precision=precision,
+            timeout=timeout,
         )
         self.score_threshold = score_threshold
         self.max_people = max_people
