@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from poet.console import add_progress, positive_int, run_cli
 from poet.drawing import draw_poses, save_image
-from poet.errors import OutputError, PoetError
+from poet.errors import OutputError, PoetError, ServerError
 from poet.fileio import atomic_path, check_writable, unique_names
 from poet.pipeline import StageTimes, timed_predict
 from poet.processing import Pose
-from poet.runtime.backends import BACKENDS, INFERENCE_PRECISIONS
+from poet.runtime.backends import BACKENDS, INFERENCE_PRECISIONS, is_model_url
 from poet.runtime.estimator import PoseEstimator
 from poet.runtime.sources import DEFAULT_READ_TIMEOUT, Frame, FrameSource, SourceError, live_kind
 from poet.runtime.tracking import LOW_THRESHOLD, PoseTracker
@@ -498,7 +498,12 @@ def run_streams(
                 quit_pressed = False
                 for offset in range(0, len(ready), estimator.backend.max_batch):
                     chunk = ready[offset : offset + estimator.backend.max_batch]
-                    batch_poses, times = timed_predict(estimator, [frame.image for _, frame in chunk])
+                    try:
+                        batch_poses, times = timed_predict(estimator, [frame.image for _, frame in chunk])
+                    except ServerError as error:  # a served model's server gone or failing: every stream ends
+                        _server_failed(streams, error, time.perf_counter() - start)
+                        quit_pressed = True
+                        break
                     now = time.perf_counter()
                     for (stream, frame), poses in zip(chunk, batch_poses, strict=True):
                         quit_pressed = not stream.add(frame, poses, times, len(chunk), now)
@@ -520,6 +525,16 @@ def run_streams(
     return [stream.stats for stream in streams]
 
 
+def _server_failed(streams: Sequence[_Stream], error: ServerError, elapsed: float) -> None:
+    """End every stream still going with the server's failure as its reason; each keeps the outputs of the
+    frames it finished, and the run exits 1."""
+    for stream in streams:
+        if not stream.ended:
+            stream.stats.failed = str(error)
+            logger.warning("%s stopped after %s: %s", stream.source.source, _count(stream.stats.frames, "frame"), error)
+            stream.end(elapsed)
+
+
 @run_cli
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -538,7 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reported, exit 1, while the others go on)",
     )
     parser.add_argument(
-        "--model", type=Path, required=True, help="poet-edge model: .onnx, .engine/.plan or OpenVINO's .xml"
+        "--model",
+        required=True,
+        help="poet-edge model: .onnx, .engine/.plan or OpenVINO's .xml; or a served one, grpc://HOST:PORT/NAME or "
+        "http://HOST:PORT/NAME (poet-serve, Triton), which needs only the client extra here",
     )
     parser.add_argument(
         "--backend",
@@ -569,6 +587,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--device", type=int, metavar="N", default=0, help="CUDA device of a TensorRT engine (default: 0)"
     )
     parser.add_argument("--cuda-graph", action="store_true", help="replay TensorRT inference as a CUDA graph")
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with a served --model: seconds one inference request may take (default: no limit but the server's)",
+    )
     parser.add_argument("--show", action="store_true", help="show annotated frames in a window (q or Esc quits)")
     parser.add_argument(
         "--track",
@@ -616,6 +640,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     options = vars(args)
     estimator_options = {name: options[name] for name in ESTIMATOR_OPTIONS}
+    if args.request_timeout is not None:
+        if not is_model_url(args.model):
+            parser.error("--request-timeout applies to a served --model (grpc://HOST:PORT/NAME or http://...)")
+        if not args.request_timeout > 0:
+            parser.error(f"--request-timeout must be a positive number of seconds, got {args.request_timeout:g}")
+        estimator_options["timeout"] = args.request_timeout
     # The tracker's second stage continues tracks with poses scored down to its low threshold.
     low_threshold = min(args.score_threshold, LOW_THRESHOLD)
     if args.track:
