@@ -24,6 +24,14 @@ SHARED = {
     "--no-progress": tuple(name for name in COMMANDS if name != "poet"),
     "-o PATH, --output PATH": ("poet", "poet-predict", "poet-export", "poet-build-engine", "poet-bench"),
 }
+# Options of the runtime that poet-serve takes for the model it serves: the same form and help, word for word.
+RUNTIME_OPTIONS = (
+    "--backend {auto,onnxruntime,tensorrt,openvino}",
+    "--precision {fp32,bf16}",
+    "--threads N",
+    "--device N",
+)
+SHARED |= dict.fromkeys((*RUNTIME_OPTIONS, "--cuda-graph"), ("poet-run", "poet-serve"))
 
 
 def _help(name: str, capsys: pytest.CaptureFixture[str]) -> str:
@@ -60,3 +68,10 @@ def test_bench_lists_the_variant_table(capsys: pytest.CaptureFixture[str]) -> No
     text = _help("poet-bench", capsys)
     for row in VARIANTS:
         assert f"| {row.name} | {row.precision} |" in text
+
+
+def test_poet_serve_says_the_runtime_options_as_poet_run_does(capsys: pytest.CaptureFixture[str]) -> None:
+    run, serve = _help("poet-run", capsys), _help("poet-serve", capsys)
+    for option in RUNTIME_OPTIONS:
+        said = [re.search(re.escape(option) + r" (.*?) (-\w|--\w)", text) for text in (run, serve)]
+        assert said[0] and said[1] and said[0].group(1) == said[1].group(1), option
