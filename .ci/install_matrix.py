@@ -91,6 +91,7 @@ LACKING_RUNS = {
     "poet-train": ["--config", "synthetic-small", "--data", "synth"],
     "poet-export": ["tiny.pth", "-o", "tiny.onnx"],
     "poet-bench": ["--checkpoint", "tiny.pth", "--data", str(COCO)],
+    "poet-serve": ["tiny.onnx"],
 }
 
 
@@ -113,6 +114,30 @@ def forbidden_check(extras: list[str]) -> Check:
         f"sys.exit(f'installed: {{found}}') if found else print('not installed: {', '.join(forbidden)}')"
     )
     return Check(["python", "-c", code], expect_text="not installed")
+
+
+# poet-serve on loopback, poet-run against it over gRPC from the same venv (the serve extra brings the client),
+# then SIGTERM: the server must have answered and exit 0.
+SERVE_AND_ASK = """
+import signal, socket, subprocess
+ports = []
+for _ in range(3):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        ports.append(probe.getsockname()[1])
+server = subprocess.Popen(
+    ["poet-serve", "{model}", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+     "--metrics-port", str(ports[2]), "--no-progress"], stdout=subprocess.PIPE, text=True)
+try:
+    assert server.stdout.readline().startswith("serving poet"), "poet-serve printed no ready line"
+    run = subprocess.run(["poet-run", "{photo}", "--model", f"grpc://127.0.0.1:{{ports[1]}}/poet", "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "1 frame from" in run.stdout, run.stdout + run.stderr
+finally:
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=120) == 0, "poet-serve did not exit 0 on SIGTERM"
+print("served and asked")
+"""
 
 
 def lines(fixtures: Path) -> list[Line]:
@@ -176,6 +201,30 @@ def lines(fixtures: Path) -> list[Line]:
                     expect_text="1 frame from",
                     files=["poses.jsonl"],
                 ),
+            ],
+        ),
+        Line(
+            "[client]",
+            ["client"],
+            [
+                # Nothing listens on port 1: the client is installed and says where it found no server.
+                Check(
+                    [*run_photo, "--model", "grpc://127.0.0.1:1/poet", "--no-progress"],
+                    2,
+                    "no Triton server answers at grpc://127.0.0.1:1",
+                    one_error_line=True,
+                ),
+            ],
+        ),
+        Line(
+            "[serve]",
+            ["serve"],
+            [
+                Check(
+                    ["poet-serve", onnx, "--write-repository", "repo"],
+                    files=["repo/poet/config.pbtxt", "repo/poet/1/model.onnx"],
+                ),
+                Check(["python", "-c", SERVE_AND_ASK.format(model=onnx, photo=PHOTO)], expect_text="served and asked"),
             ],
         ),
         Line(
