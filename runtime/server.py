@@ -148,6 +148,7 @@ class PoseServer:
         options = {"threads": threads, "device": device, "cuda_graph": cuda_graph, "precision": precision}
         self.backends = [load_backend(self.model, backend, **options) for _ in range(instances)]
         self.info = self.backends[0].info
+        self.gpu = type(self.backends[0]).__name__ == "TensorRTBackend"
         self.max_batch = self.info.batch or self.info.max_batch
         self._triton: Any = None
         self._stack = contextlib.ExitStack()
@@ -173,6 +174,8 @@ class PoseServer:
             metrics_port=self.endpoints.metrics_port,
             exit_timeout_secs=EXIT_TIMEOUT_S,
             log_file=log_file,
+            # GPU metrics only for a GPU model: elsewhere NVML is absent and tritonserver says so on stdout.
+            allow_gpu_metrics=self.gpu,
         )
         inputs, outputs = model_tensors(self.info)
         triton = pytriton.triton.Triton(config=config)
