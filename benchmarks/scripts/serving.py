@@ -158,7 +158,7 @@ def run_clients(
         results.append(timed_calls(predict, seconds))
         infer_s.append(inferring)
 
-    threads = [threading.Thread(target=camera, args=item) for item in enumerate(estimators)]
+    threads = [threading.Thread(target=camera, args=item, daemon=True) for item in enumerate(estimators)]
     for thread in threads:
         thread.start()
     before = metrics(port)
