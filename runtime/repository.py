@@ -37,7 +37,8 @@ REPOSITORY_BACKENDS = {
 REPOSITORY_FILES = {".onnx": "model.onnx", ".xml": "model.xml", ".engine": "model.plan", ".plan": "model.plan"}
 # Triton's backends read their thread count from these parameters.
 THREAD_PARAMETERS = {"onnxruntime": "intra_op_thread_count", "openvino": "INFERENCE_NUM_THREADS"}
-DEFAULT_QUEUE_DELAY_US = 2000
+# A lone request does not wait for company: batches are what is queued when an instance is free (docs/serving.md).
+DEFAULT_QUEUE_DELAY_US = 0
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -59,8 +60,8 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         metavar="US",
         default=DEFAULT_QUEUE_DELAY_US,
-        help="microseconds a request may wait for others to join its batch, up to the model's batch "
-        f"(default: {DEFAULT_QUEUE_DELAY_US}; 0: batch only what is already queued)",
+        help="microseconds a request may wait for others to join its batch, up to the model's batch (default: "
+        f"{DEFAULT_QUEUE_DELAY_US}: a batch is what is queued when the model is free; under load, most clients)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: all)"
@@ -91,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _write(args)
     from poet.runtime.server import Endpoints, PoseServer, serve_until
 
+    served = ServedCount(args.name, disable=args.no_progress)
     server = PoseServer(
         args.model,
         name=args.name,
@@ -103,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         endpoints=Endpoints(args.host, args.http_port, args.grpc_port, args.metrics_port),
         log_file=args.triton_log,
-        served=_progress(args.name, disable=args.no_progress),
+        served=served,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -116,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{server.endpoints.describe()}; Ctrl-C or SIGTERM stops",
             flush=True,
         )
+        served.show()
         stopped = serve_until(server, stop)
+        served.close()
         tail = "" if stopped else server.log_tail()
     if not stopped:
         kept = f"; its log: {args.triton_log}" if args.triton_log else " (--triton-log FILE keeps its log)"
@@ -125,16 +129,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _progress(name: str, disable: bool) -> Callable[[int], None]:
-    """A running count of the images served and their rate, safe to update from every instance's thread."""
-    bar = tqdm(unit="image", desc=f"served by {name}", disable=disable, mininterval=1.0)
-    lock = threading.Lock()
+class ServedCount:
+    """A running count of the images served and their rate, shown from the ready line on; updated from every
+    instance's thread."""
 
-    def served(count: int) -> None:
-        with lock:
-            bar.update(count)
+    def __init__(self, name: str, disable: bool) -> None:
+        self.name, self.disable = name, disable
+        self.bar: tqdm[Any] | None = None
+        self.lock = threading.Lock()
 
-    return served
+    def show(self) -> None:
+        self.bar = tqdm(unit="image", desc=f"served by {self.name}", disable=self.disable, mininterval=1.0)
+
+    def __call__(self, count: int) -> None:
+        with self.lock:
+            if self.bar is not None:
+                self.bar.update(count)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.bar is not None:
+                self.bar.close()
 
 
 def _write(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 from poet.errors import ServerError
 from poet.extras import missing_extra
 from poet.modelinfo import METADATA_KEY, ModelInfo
-from poet.runtime.backends import Backend, load_backend
+from poet.runtime.backends import Backend, backend_name, load_backend
 from poet.runtime.repository import DEFAULT_QUEUE_DELAY_US, model_tensors
 
 log = logging.getLogger(__name__)
@@ -142,13 +142,14 @@ class PoseServer:
         self.endpoints = endpoints or Endpoints()
         self.max_queue_delay_us = max_queue_delay_us
         self.log_file = log_file
+        self.log_path: Path | None = log_file
         self.served = served
         self._pytriton = _pytriton()
         check_ports_free(self.endpoints)
         options = {"threads": threads, "device": device, "cuda_graph": cuda_graph, "precision": precision}
         self.backends = [load_backend(self.model, backend, **options) for _ in range(instances)]
         self.info = self.backends[0].info
-        self.gpu = type(self.backends[0]).__name__ == "TensorRTBackend"
+        self.gpu = backend_name(self.model, backend) == "tensorrt"
         self.max_batch = self.info.batch or self.info.max_batch
         self._triton: Any = None
         self._stack = contextlib.ExitStack()
@@ -201,6 +202,8 @@ class PoseServer:
 
     def log_tail(self) -> str:
         """tritonserver's last error line, to quote; empty without one."""
+        if self.log_path is None:
+            return ""
         with contextlib.suppress(OSError):
             lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.startswith("E")]
             if lines:
