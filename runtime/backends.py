@@ -231,6 +231,8 @@ def load_backend(
     if isinstance(path, str) and is_model_url(path):
         return _remote_backend(path, backend, threads=threads, precision=precision, timeout=timeout)
     path = Path(path)
+    if timeout is not None:
+        raise BackendError(f"a request timeout applies to a served model (grpc://HOST:PORT/NAME), not to {path}")
     if not path.exists():
         raise ModelError(f"model {path} not found")
     name = backend_name(path, backend)

@@ -111,6 +111,8 @@ def test_local_options_are_refused_for_a_served_model(coco, capsys):
         run_main([str(photographs(coco)[0]), "--model", "model.onnx", "--request-timeout", "1"])
     assert exit_code.value.code == 2
     assert "--request-timeout applies to a served --model" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="a request timeout applies to a served model"):
+        PoseEstimator("model.onnx", timeout=1.0)
 
 
 def _graph(path: Path) -> tuple[dict[str, tuple[str, list]], dict[str, list]]:
