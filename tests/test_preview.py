@@ -43,6 +43,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def get(port: int, path: str) -> tuple[int, str, bytes]:
+    """Status, content type and body of a GET (not of an MJPEG stream, which never ends)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+    finally:
+        connection.close()
+
+
 class PoetRun:
     """``poet-run VIDEO --preview 127.0.0.1:PORT`` in a child process, ready once it says where it serves."""
 
@@ -60,13 +71,7 @@ class PoetRun:
             time.sleep(0.1)
 
     def get(self, path: str) -> tuple[int, str, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, response.getheader("Content-Type", ""), response.read()
-        finally:
-            connection.close()
+        return get(self.port, path)
 
     def record(self) -> dict:
         status, kind, body = self.get("/streams/grey.json")
@@ -89,11 +94,11 @@ def poet_run(runtime_models, long_video, tmp_path):
         run.process.communicate()
 
 
-def read_mjpeg_frame(port: int) -> np.ndarray:
+def read_mjpeg_frame(port: int, name: str = "grey") -> np.ndarray:
     """The first JPEG part of the stream, decoded."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request("GET", "/streams/grey.mjpg")
+        connection.request("GET", f"/streams/{name}.mjpg")
         response = connection.getresponse()
         assert response.status == 200
         kind = response.getheader("Content-Type", "")
@@ -208,3 +213,40 @@ def test_preview_addresses():
     for bad in ("http", "70000", "host:", ":0"):
         with pytest.raises(ValueError, match="expected PORT or HOST:PORT"):
             parse_address(bad)
+
+
+def test_several_tracked_streams_each_get_their_page_entry_and_records(runtime_models, long_video, tmp_path):
+    from poet.runtime import PoseEstimator, PoseTracker
+    from poet.runtime.cli import run_streams, stream_names
+    from poet.runtime.preview import Preview
+    from poet.runtime.sources import FrameSource
+
+    second = tmp_path / "other.avi"
+    shutil.copy(long_video, second)
+    sources = [FrameSource(long_video), FrameSource(second)]
+    names = stream_names(sources)
+    preview = Preview(names, ("127.0.0.1", 0))
+    estimator = PoseEstimator(runtime_models["float"], score_threshold=0.0)
+    trackers = [PoseTracker(0.0, 0.0) for _ in sources]
+    run = threading.Thread(
+        target=run_streams,
+        args=(estimator, sources),
+        kwargs={"max_frames": 400, "progress": False, "trackers": trackers, "preview": preview},
+    )
+    run.start()
+    try:
+        page = get(preview.port, "/")[2]
+        assert names == ["grey", "other"] and all(f'src="/streams/{name}.mjpg"'.encode() in page for name in names)
+        deadline = time.monotonic() + 60
+        records: dict[str, dict] = {}
+        while len(records) < 2 and time.monotonic() < deadline:
+            for name in names:
+                record = json.loads(get(preview.port, f"/streams/{name}.json")[2])
+                if record is not None:
+                    records[name] = record
+            time.sleep(0.1)
+        assert all(record["poses"] and "track_id" in record["poses"][0] for record in records.values())
+        assert all(read_mjpeg_frame(preview.port, name).shape == (240, 320, 3) for name in names)
+    finally:
+        run.join(timeout=120)
+    assert not run.is_alive()
