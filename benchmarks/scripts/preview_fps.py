@@ -1,17 +1,20 @@
 """What ``poet-run --preview`` costs: poet-run's FPS on one video without it, with it and nobody watching, with one
-viewer reading the MJPEG stream, and with a viewer that stopped reading; in turns, medians of several rounds.
+viewer reading the MJPEG stream, and with a viewer that stopped reading; in turns, over several rounds.
 
-    python benchmarks/scripts/preview_fps.py [--model runs/quickstart/variants/model.onnx] [--rounds 3]
+    python benchmarks/scripts/preview_fps.py [--model runs/quickstart/variants/model.onnx] [--rounds 10]
 
 The video is made from the repository's COCO photographs at 640x480 (``--frames`` of them, in turn). Each run is
 the installed ``poet-run`` (``--jsonl`` to a scratch file, no progress bar); its FPS is the one its summary line
-prints, from the first frame to the last, so the model's loading is not in it.
+prints, from the first frame to the last, so the model's loading is not in it. This machine's speed drifts 2-3x
+over minutes, so each setting is compared with the run without preview of the same round (median of those
+ratios), and the CPU time of each run (its process and threads, start-up included) is shown per frame.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -63,8 +66,9 @@ def watch(port: int, stalled: bool, done: threading.Event) -> None:
                 continue
 
 
-def run(model: Path, video: Path, work: Path, setting: str) -> float:
-    """One poet-run in ``setting``; its end-to-end FPS."""
+def run(model: Path, video: Path, work: Path, setting: str) -> tuple[float, float]:
+    """One poet-run in ``setting``; its end-to-end FPS and the CPU seconds it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = ["poet-run", str(video), "--model", str(model), "--jsonl", str(work / "p.jsonl"), "--no-progress"]
     port = free_port()
     if setting != "no preview":
@@ -83,35 +87,43 @@ def run(model: Path, video: Path, work: Path, setting: str) -> float:
     done.set()
     if viewer is not None:
         viewer.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     found = re.search(r"([\d.]+) FPS end to end", out)
     if process.returncode != 0 or found is None:
         raise SystemExit(f"poet-run failed ({process.returncode}): {err.strip()[-500:]}")
-    return float(found.group(1))
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return float(found.group(1)), cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"poet-edge model (default: {DEFAULT_MODEL})")
     parser.add_argument("--frames", type=int, default=600, help="frames of the video (default: 600)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of all settings in turn (default: 3)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of all settings in turn (default: 10)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
         video = work / "clip.avi"
         make_video(video, args.frames)
-        figures: dict[str, list[float]] = {setting: [] for setting in SETTINGS}
+        fps: dict[str, list[float]] = {setting: [] for setting in SETTINGS}
+        cpu: dict[str, list[float]] = {setting: [] for setting in SETTINGS}
         for round_number in range(args.rounds):
             for setting in SETTINGS:
-                figures[setting].append(run(args.model, video, work, setting))
-            print(f"round {round_number + 1}: " + ", ".join(f"{s} {f[-1]:.1f}" for s, f in figures.items()))
+                rate, seconds = run(args.model, video, work, setting)
+                fps[setting].append(rate)
+                cpu[setting].append(1000.0 * seconds / args.frames)
+            print(f"round {round_number + 1}: " + ", ".join(f"{s} {f[-1]:.1f}" for s, f in fps.items()))
             sys.stdout.flush()
-    base = statistics.median(figures["no preview"])
-    print(f"\n{args.model}, {args.frames} frames of {SIZE[0]}x{SIZE[1]}, {args.rounds} rounds in turns (medians)\n")
-    print("| setting | FPS | vs no preview | runs |\n|---|---:|---:|---|")
-    for setting, values in figures.items():
-        median = statistics.median(values)
-        runs = ", ".join(f"{value:.1f}" for value in values)
-        print(f"| {setting} | {median:.1f} | {median / base:.3f} | {runs} |")
+    base = fps["no preview"]
+    print(f"\n{args.model}, {args.frames} frames of {SIZE[0]}x{SIZE[1]}, {args.rounds} rounds in turns\n")
+    print("| setting | FPS (median) | vs no preview, same round (median, min-max) | CPU ms a frame (median) |")
+    print("|---|---:|---:|---:|")
+    for setting in SETTINGS:
+        ratios = [value / reference for value, reference in zip(fps[setting], base, strict=True)]
+        print(
+            f"| {setting} | {statistics.median(fps[setting]):.1f} | {statistics.median(ratios):.3f} "
+            f"({min(ratios):.2f}-{max(ratios):.2f}) | {statistics.median(cpu[setting]):.2f} |"
+        )
 
 
 if __name__ == "__main__":
