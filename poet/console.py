@@ -70,6 +70,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type for rates and durations: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    return value
+
+
 def add_input_size(parser: argparse.ArgumentParser, default: tuple[int, int] | None = None) -> None:
     """``--input-size H W``: the letterbox size; without a default, the model's own."""
     told = f"{default[0]} {default[1]}" if default else "the model's own"

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from poet.console import add_progress, positive_int, run_cli
+from poet.console import add_progress, positive_float, positive_int, run_cli
 from poet.drawing import draw_poses, save_image
 from poet.errors import OutputError, PoetError, ServerError
 from poet.fileio import atomic_path, check_writable, unique_names
@@ -27,6 +27,7 @@ from poet.pipeline import StageTimes, timed_predict
 from poet.processing import Pose
 from poet.runtime.backends import BACKENDS, INFERENCE_PRECISIONS, is_model_url
 from poet.runtime.estimator import PoseEstimator
+from poet.runtime.preview import DEFAULT_PREVIEW_FPS, Preview, parse_address
 from poet.runtime.sources import DEFAULT_READ_TIMEOUT, Frame, FrameSource, SourceError, live_kind
 from poet.runtime.tracking import LOW_THRESHOLD, PoseTracker
 from poet.video import VIDEO_HINT, VideoFile, can_write_video, open_video
@@ -286,6 +287,14 @@ def _overwrite_message(said: str, input_path: Path, source: FrameSource, folder:
     return f"--save-images {folder} would overwrite the input {input_path} with its annotated copy; give {elsewhere}"
 
 
+def preview_address(text: str) -> tuple[str, int]:
+    """The argparse type of ``--preview``."""
+    try:
+        return parse_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def draw_fps(image: np.ndarray, fps: float) -> None:
     """Write the running frame rate into the top-left corner, readable on any background."""
     text = f"{fps:.1f} FPS"
@@ -309,8 +318,15 @@ def open_window(name: str = WINDOW) -> None:
 class _Stream:
     """One source of a run: its frames, its tracker, its outputs (open until it ends) and its statistics."""
 
-    def __init__(self, source: FrameSource, plan: OutputPlan, tracker: PoseTracker | None, window: str | None):
-        self.source, self.plan, self.tracker, self.window = source, plan, tracker, window
+    def __init__(
+        self,
+        source: FrameSource,
+        plan: OutputPlan,
+        tracker: PoseTracker | None,
+        window: str | None,
+        preview: tuple[Preview, str] | None = None,
+    ):
+        self.source, self.plan, self.tracker, self.window, self.preview = source, plan, tracker, window, preview
         self.stats = RunStats()
         self.ended = False
         self.fps = 0.0
@@ -366,18 +382,21 @@ class _Stream:
             stats.tracking += time.perf_counter() - started
         stats.people += len(poses)
         if self._records is not None:
-            record: dict[str, object] = {"frame": frame.index, "name": frame.name}
-            if frame.file is not None:
-                record["file"] = frame.file
-            record["poses"] = [p.to_dict() for p in poses]
-            self._records.write(json.dumps(record) + "\n")
+            self._records.write(json.dumps(frame.record(poses)) + "\n")
             stats.written["jsonl"] = stats.written.get("jsonl", 0) + 1
         interval, self.last = now - self.last, now
         self.fps = 1.0 / interval if self.fps == 0.0 else 0.9 * self.fps + 0.1 / max(interval, 1e-6)
-        if self._video is None and self.plan.save_images is None and self.window is None:
+        watched = False
+        if self.preview is not None:
+            preview, name = self.preview
+            preview.show(name, frame, poses, self.fps)
+            watched = preview.wants_frame(name, now)
+        if self._video is None and self.plan.save_images is None and self.window is None and not watched:
             return True
         canvas = draw_poses(frame.image, poses)
         draw_fps(canvas, self.fps)
+        if watched and self.preview is not None:
+            self.preview[0].publish(self.preview[1], canvas, now)
         if self._video is not None:
             self._video.write(canvas)
             stats.written["video"] = stats.written.get("video", 0) + 1
@@ -447,6 +466,7 @@ def run_streams(
     progress: bool = True,
     plans: Sequence[OutputPlan] | None = None,
     trackers: Sequence[PoseTracker] | None = None,
+    preview: Preview | None = None,
 ) -> list[RunStats]:
     """:func:`run` on several sources at once, their frames batched into shared inferences.
 
@@ -456,6 +476,7 @@ def run_streams(
     per source in ``trackers``) and its own statistics, and ``max_frames`` counts per source. A source that
     ends, stops early or fails ends alone: its outputs are finished there and then, and the others go on; a
     failure is kept in its ``RunStats.failed``. With one source, a failure is the run's error, as in :func:`run`.
+    ``preview`` (made for :func:`stream_names` of the sources) serves the streams to a browser while they run.
     """
     with contextlib.ExitStack() as stack:
         for source in sources:
@@ -469,8 +490,20 @@ def run_streams(
                 assert window is not None
                 open_window(window)
                 stack.callback(cv2.destroyWindow, window)
+        names = stream_names(sources)
+        if preview is not None:
+            preview.start()
+            stack.callback(preview.close)
         streams = [
-            stack.enter_context(_Stream(source, plan, None if trackers is None else trackers[index], windows[index]))
+            stack.enter_context(
+                _Stream(
+                    source,
+                    plan,
+                    None if trackers is None else trackers[index],
+                    windows[index],
+                    None if preview is None else (preview, names[index]),
+                )
+            )
             for index, (source, plan) in enumerate(zip(sources, plans, strict=True))
         ]
         totals = [source.total for source in sources]
@@ -589,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cuda-graph", action="store_true", help="replay TensorRT inference as a CUDA graph")
     parser.add_argument(
         "--request-timeout",
-        type=float,
+        type=positive_float,
         metavar="SECONDS",
         help="with a served --model: seconds one inference request may take (default: no limit but the server's)",
     )
@@ -623,6 +656,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "out.jsonl -> out.clip.jsonl for clip.mp4 (a video's or image's stem, a folder's name, camera0, a URL's host "
         "and path; -2, -3... where names repeat)",
     )
+    parser.add_argument(
+        "--preview",
+        type=preview_address,
+        metavar="[HOST:]PORT",
+        help="while running, serve every stream live to a browser at http://HOST:PORT/ (annotated frames as MJPEG "
+        "at /streams/NAME.mjpg, the latest JSON line at /streams/NAME.json); a port alone listens on 127.0.0.1 only "
+        "(0.0.0.0:PORT for every interface: the preview has no authentication)",
+    )
+    parser.add_argument(
+        "--preview-fps",
+        type=positive_float,
+        metavar="FPS",
+        help=f"most frames a second drawn and sent to the preview, only while someone watches (default: "
+        f"{DEFAULT_PREVIEW_FPS:g})",
+    )
     parser.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after this many frames")
     parser.add_argument(
         "--read-timeout",
@@ -635,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.no_smooth and not args.track:
         parser.error("--no-smooth applies to --track")
+    if args.preview_fps is not None and args.preview is None:
+        parser.error("--preview-fps applies to --preview")
     if args.track and not 0 <= args.score_threshold <= 1:
         parser.error(f"--track needs a --score-threshold from 0 to 1, got {args.score_threshold:g}")
 
@@ -643,8 +693,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.request_timeout is not None:
         if not is_model_url(args.model):
             parser.error("--request-timeout applies to a served --model (grpc://HOST:PORT/NAME or http://...)")
-        if not args.request_timeout > 0:
-            parser.error(f"--request-timeout must be a positive number of seconds, got {args.request_timeout:g}")
         estimator_options["timeout"] = args.request_timeout
     # The tracker's second stage continues tracks with poses scored down to its low threshold.
     low_threshold = min(args.score_threshold, LOW_THRESHOLD)
@@ -654,14 +702,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Opening the sources reads no frame; the outputs are checked before the model is loaded (seconds to
     # minutes for a TensorRT provider) and before a camera session that could end with nowhere to write.
     sources: list[FrameSource] = []
+    preview = None
     try:
         for name in args.sources:
             sources.append(FrameSource(name, read_timeout=args.read_timeout))
         plans = plan_streams(sources, save_images=args.save_images, jsonl=args.jsonl, save_video=args.save_video)
+        if args.preview is not None:  # the port is taken now, so one in use fails before the model loads
+            preview = Preview(stream_names(sources), args.preview, args.preview_fps or DEFAULT_PREVIEW_FPS)
         estimator = PoseEstimator(args.model, args.backend, **estimator_options)
     except BaseException:
         for source in sources:
             source.close()
+        if preview is not None:
+            preview.close()
         raise
     trackers = None
     if args.track:
@@ -676,7 +729,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     run_options = {name: options[name] for name in RUN_OPTIONS}
     all_stats = run_streams(
-        estimator, sources, progress=not args.no_progress, plans=plans, trackers=trackers, **run_options
+        estimator,
+        sources,
+        progress=not args.no_progress,
+        plans=plans,
+        trackers=trackers,
+        preview=preview,
+        **run_options,
     )
     for source, stats, plan in zip(sources, all_stats, plans, strict=True):
         print(stats.summary(source.source))

@@ -42,8 +42,8 @@ class OneEuroFilter:
 
     ``min_cutoff`` (Hz) is the cutoff when the value is still: lower means less jitter, more lag.
     ``beta`` (Hz per unit of the values' speed, that unit being ``scale`` per second) raises the cutoff with
-    speed: higher means less lag in fast motion. ``d_cutoff`` (Hz) smooths the speed estimate itself; 1 Hz is the paper's value.
-    The first value of each element passes through unchanged and starts its filter.
+    speed: higher means less lag in fast motion. ``d_cutoff`` (Hz) smooths the speed estimate itself; 1 Hz is
+    the paper's value. The first value of each element passes through unchanged and starts its filter.
     """
 
     def __init__(self, min_cutoff: float = MIN_CUTOFF, beta: float = BETA, d_cutoff: float = D_CUTOFF) -> None:

@@ -13,15 +13,17 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from poet.errors import PoetError
 from poet.images import IMAGE_SUFFIXES, no_image_left, read_image, read_or_skip, to_bgr_uint8
+from poet.processing import Pose
 
 logger = logging.getLogger("poet")
 
@@ -44,6 +46,14 @@ class Frame:
     name: str
     image: np.ndarray
     file: str | None = None
+
+    def record(self, poses: Sequence[Pose]) -> dict[str, Any]:
+        """The frame's poses as ``poet-run`` writes them, one JSON line a frame (and ``--preview`` serves them)."""
+        record: dict[str, Any] = {"frame": self.index, "name": self.name}
+        if self.file is not None:
+            record["file"] = self.file
+        record["poses"] = [pose.to_dict() for pose in poses]
+        return record
 
 
 def list_image_tree(folder: Path) -> list[Path]:

@@ -69,6 +69,7 @@ def build_fixtures(root: Path) -> None:
     import torch
 
     from poet.checkpoint import save_checkpoint
+    from poet.images import read_image
     from poet.model import PoetConfig, build_model
     from poet.optimize.export import export_onnx
     from poet.processing import PreprocessConfig
@@ -105,7 +106,7 @@ def build_fixtures(root: Path) -> None:
     (root / "coco-one-bad" / "val2017" / min(listed, key=lambda e: e["id"])["file_name"]).write_bytes(b"cut")
     writer = cv2.VideoWriter(str(root / "clip.avi"), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (320, 240))
     for index in range(24):
-        writer.write(cv2.resize(cv2.imread(str(photos[index % len(photos)])), (320, 240)))
+        writer.write(cv2.resize(read_image(photos[index % len(photos)]), (320, 240)))
     writer.release()
 
     shutil.copy(photos[2], root / "mixed" / "y.png")  # a JPEG named .png: decoders read the content
