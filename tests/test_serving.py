@@ -409,6 +409,46 @@ def test_poet_run_with_four_tracked_sources_matches_the_local_run(served_float, 
                 assert np.abs(np.array(a["keypoints"]) - np.array(b["keypoints"])).max() <= 1e-3
 
 
+def test_the_preview_shows_the_tracked_streams_of_a_served_model(served_float, coco, tmp_path):
+    """poet-run --preview with a served --model: each stream's page entry, JSON record and MJPEG frames."""
+    from poet.runtime import PoseTracker
+    from poet.runtime.cli import run_streams, stream_names
+    from poet.runtime.preview import Preview
+    from poet.runtime.sources import FrameSource
+
+    frames = [cv2.resize(cv2.imread(str(path)), (320, 240)) for path in photographs(coco)]
+    videos = []
+    for name in ("left", "right"):
+        writer = cv2.VideoWriter(str(tmp_path / f"{name}.avi"), cv2.VideoWriter.fourcc(*"MJPG"), 30.0, (320, 240))
+        for index in range(300):
+            writer.write(frames[index % len(frames)])
+        writer.release()
+        videos.append(FrameSource(tmp_path / f"{name}.avi"))
+    names = stream_names(videos)
+    preview = Preview(names, ("127.0.0.1", 0))
+    estimator = PoseEstimator(served_float.url("grpc"), score_threshold=0.0)
+    options = {"progress": False, "trackers": [PoseTracker(0.0, 0.0) for _ in videos], "preview": preview}
+    run = threading.Thread(target=run_streams, args=(estimator, videos), kwargs=options)
+    run.start()
+    try:
+        records: dict[str, dict] = {}
+        deadline = time.monotonic() + 60
+        while len(records) < 2 and time.monotonic() < deadline:
+            for name in names:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{preview.port}/streams/{name}.json", timeout=10).read()
+                if json.loads(body) is not None:
+                    records[name] = json.loads(body)
+            time.sleep(0.05)
+        assert sorted(records) == ["left", "right"]
+        assert all(record["poses"] and "track_id" in record["poses"][0] for record in records.values())
+        with urllib.request.urlopen(f"http://127.0.0.1:{preview.port}/streams/right.mjpg", timeout=10) as stream:
+            assert stream.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+            assert stream.readline().startswith(b"--") and b"image/jpeg" in stream.readline()
+    finally:
+        run.join(timeout=120)
+    assert not run.is_alive()
+
+
 @pytest.fixture(scope="module")
 def served_fixed_slow(runtime_models) -> Iterator[Served]:
     """The uint8, raw-output, fixed-batch-2 model, whose batcher waits 1.5 s for a request's partner."""
