@@ -287,6 +287,29 @@ def _overwrite_message(said: str, input_path: Path, source: FrameSource, folder:
     return f"--save-images {folder} would overwrite the input {input_path} with its annotated copy; give {elsewhere}"
 
 
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """How a model file runs: the options poet-run and poet-serve share, said once so they read the same."""
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", *BACKENDS),
+        help="default: by suffix (.onnx: onnxruntime, .engine/.plan: tensorrt, .xml: openvino)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=tuple(INFERENCE_PRECISIONS),
+        help="OpenVINO's precision for float ops (default: fp32; bf16 on CPUs with AVX512_BF16 or AMX); ONNX "
+        "Runtime and TensorRT run the precision their file holds",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, metavar="N", help="ONNX Runtime or OpenVINO CPU threads (default: all cores)"
+    )
+    parser.add_argument(
+        "--device", type=int, metavar="N", default=0, help="CUDA device of a TensorRT engine (default: 0)"
+    )
+    parser.add_argument("--cuda-graph", action="store_true", help="replay TensorRT inference as a CUDA graph")
+
+
 def preview_address(text: str) -> tuple[str, int]:
     """The argparse type of ``--preview``."""
     try:
@@ -591,18 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="poet-edge model: .onnx, .engine/.plan or OpenVINO's .xml; or a served one, grpc://HOST:PORT/NAME or "
         "http://HOST:PORT/NAME (poet-serve, Triton), which needs only the client extra here",
     )
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", *BACKENDS),
-        help="default: by suffix (.onnx: onnxruntime, .engine/.plan: tensorrt, .xml: openvino)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=tuple(INFERENCE_PRECISIONS),
-        help="OpenVINO's precision for float ops (default: fp32; bf16 on CPUs with AVX512_BF16 or AMX); ONNX "
-        "Runtime and TensorRT run the precision their file holds",
-    )
+    add_backend_options(parser)
     parser.add_argument(
         "--score-threshold",
         type=float,
@@ -613,13 +625,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "only those from S up are written and drawn",
     )
     parser.add_argument("--max-people", type=positive_int, metavar="N", help="keep at most this many people per frame")
-    parser.add_argument(
-        "--threads", type=positive_int, metavar="N", help="ONNX Runtime or OpenVINO CPU threads (default: all cores)"
-    )
-    parser.add_argument(
-        "--device", type=int, metavar="N", default=0, help="CUDA device of a TensorRT engine (default: 0)"
-    )
-    parser.add_argument("--cuda-graph", action="store_true", help="replay TensorRT inference as a CUDA graph")
     parser.add_argument(
         "--request-timeout",
         type=positive_float,

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from poet.console import add_progress, positive_int, run_cli
 from poet.errors import PoetError, ServerError
-from poet.runtime.backends import BACKENDS, INFERENCE_PRECISIONS
+from poet.runtime.cli import add_backend_options
 from poet.runtime.repository import DEFAULT_QUEUE_DELAY_US, write_repository
 
 
@@ -29,25 +29,7 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", metavar="MODEL", help="poet-edge model: .onnx, .engine/.plan or OpenVINO's .xml")
     parser.add_argument("--name", default="poet", help="the model's name in its URLs (default: poet)")
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", *BACKENDS),
-        help="default: by suffix (.onnx: onnxruntime, .engine/.plan: tensorrt, .xml: openvino)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=tuple(INFERENCE_PRECISIONS),
-        help="OpenVINO's precision for float ops (default: fp32; bf16 on CPUs with AVX512_BF16 or AMX); ONNX "
-        "Runtime and TensorRT run the precision their file holds",
-    )
-    parser.add_argument(
-        "--threads", type=positive_int, metavar="N", help="ONNX Runtime or OpenVINO CPU threads (default: all cores)"
-    )
-    parser.add_argument(
-        "--device", type=int, metavar="N", default=0, help="CUDA device of a TensorRT engine (default: 0)"
-    )
-    parser.add_argument("--cuda-graph", action="store_true", help="replay TensorRT inference as a CUDA graph")
+    add_backend_options(parser)
     parser.add_argument(
         "--instances",
         type=positive_int,
