@@ -140,6 +140,18 @@ def pad_batch(tensors: Sequence[np.ndarray], size: tuple[int, int] | None = None
     return batch, mask
 
 
+def fill_batch(images: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A model's ``(images, mask)`` inputs filled up to a fixed batch of ``size`` with black images that are not
+    masked (an all-padding mask would leave attention nothing to attend to); their outputs are to be dropped."""
+    missing = size - len(images)
+    if missing <= 0:
+        return images, mask
+    return (
+        np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)]),
+        np.concatenate([mask, np.zeros((missing, *mask.shape[1:]), bool)]),
+    )
+
+
 def preprocess(
     images: Sequence[np.ndarray], config: PreprocessConfig, bgr: bool = True
 ) -> tuple[np.ndarray, np.ndarray, list[Letterbox]]:

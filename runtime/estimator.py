@@ -15,7 +15,15 @@ import numpy as np
 
 from poet.images import ImageInput, check_arrays, load_images
 from poet.modelinfo import UINT8_NHWC, ModelInfo
-from poet.processing import Letterbox, Pose, decode_poses, letterbox_batch, poses_from_decoded, preprocess
+from poet.processing import (
+    Letterbox,
+    Pose,
+    decode_poses,
+    fill_batch,
+    letterbox_batch,
+    poses_from_decoded,
+    preprocess,
+)
 from poet.runtime.backends import Backend, Provider, load_backend
 
 
@@ -127,10 +135,7 @@ class PoseEstimator:
             mask[count:] = False
             return (batch, mask), letterboxes
         batch, mask, letterboxes = preprocess(images, self.info.preprocess)
-        if size > count:
-            batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), batch.dtype)])
-            mask = np.concatenate([mask, np.zeros((size - count, *mask.shape[1:]), bool)])
-        return (batch, mask), letterboxes
+        return fill_batch(batch, mask, size), letterboxes
 
     def infer(self, inputs: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
         """The backend on prepared ``(images, mask)`` inputs -> its outputs by name, on the host."""

@@ -26,6 +26,7 @@ import numpy as np
 from poet.errors import ServerError
 from poet.extras import missing_extra
 from poet.modelinfo import METADATA_KEY, ModelInfo
+from poet.processing import fill_batch
 from poet.runtime.backends import Backend, backend_name, load_backend
 from poet.runtime.repository import DEFAULT_QUEUE_DELAY_US, model_tensors
 
@@ -94,9 +95,8 @@ def batch_function(
 
     def infer(images: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         count = len(images)
-        if fixed is not None and count < fixed:
-            images = np.concatenate([images, np.zeros((fixed - count, *images.shape[1:]), images.dtype)])
-            mask = np.concatenate([mask, np.zeros((fixed - count, *mask.shape[1:]), bool)])
+        if fixed is not None:
+            images, mask = fill_batch(images, mask, fixed)
         outputs = backend.infer(images, mask)
         if served is not None:
             served(count)

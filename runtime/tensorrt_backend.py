@@ -18,6 +18,7 @@ import numpy as np
 
 from poet.errors import ModelError
 from poet.modelinfo import IMAGES, MASK, ModelInfo
+from poet.processing import fill_batch
 from poet.runtime.compat import (
     DLA_RELEASE_NAMES,
     EngineTarget,
@@ -230,16 +231,12 @@ class TensorRTBackend:
 
     def _infer_chunk(self, images: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         """At most ``max_batch`` images; padded with black, unmasked images to a fixed-batch engine's batch."""
-        arrays = {IMAGES: images, MASK: mask}
-        for name, array in arrays.items():
-            self._check_input(name, array)
+        self._check_input(IMAGES, images)
+        self._check_input(MASK, mask)
         count = images.shape[0]
-        if self.fixed_batch is not None and count < self.fixed_batch:
-            arrays = {
-                name: np.concatenate([array, np.zeros((self.fixed_batch - count, *array.shape[1:]), array.dtype)])
-                for name, array in arrays.items()
-            }
-        outputs = self._run(arrays)
+        if self.fixed_batch is not None:
+            images, mask = fill_batch(images, mask, self.fixed_batch)
+        outputs = self._run({IMAGES: images, MASK: mask})
         return outputs if self.fixed_batch is None else {name: value[:count] for name, value in outputs.items()}
 
     def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
